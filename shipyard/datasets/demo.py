@@ -1,0 +1,31 @@
+"""The demo dataset: scikit-learn's bundled handwritten digits, written as Parquet shards."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHARDS = 4
+
+
+def write_demo_source(directory: Path) -> Path:
+    """Write the digits data set as Parquet shards into ``directory`` (once) and return it."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    if directory.exists():
+        return directory
+    tmp = directory.with_name(directory.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"pixel_{i}" for i in range(64)])
+    frame["label"] = digits.target.astype("int64")
+    size = -(-len(frame) // SHARDS)
+    for shard in range(SHARDS):
+        part = frame.iloc[shard * size : (shard + 1) * size]
+        part.to_parquet(tmp / f"part-{shard:05d}.parquet", index=False)
+    tmp.rename(directory)  # atomic: a half-written demo source is never seen as complete
+    log.info("wrote demo digits (%d rows) to %s", len(frame), directory)
+    return directory

@@ -1,0 +1,101 @@
+"""Per-run parameters: pydantic models that Prefect validates and renders as the UI's Run form.
+
+Titles and descriptions here are user-facing text. Every model forbids unknown fields, so a mistyped
+parameter fails validation naming the field before any work starts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetParams(_Params):
+    """Which data to stage."""
+
+    name: str = Field(
+        default="digits",
+        pattern=NAME_PATTERN,
+        title="Dataset name",
+        description="Name the dataset's versions are kept under in the store.",
+    )
+    source: str = Field(
+        default="demo",
+        title="Source",
+        description="'demo' for the bundled handwritten digits, or a local directory, glob or fsspec URI "
+        "(s3://bucket/path) holding Parquet, CSV or NPZ files.",
+    )
+
+
+class TrainParams(_Params):
+    """How to train."""
+
+    entrypoint: str = Field(
+        default="shipyard.training.digits:recipe",
+        title="Model entrypoint",
+        description="module:function returning a training recipe (see docs/training.md).",
+    )
+    epochs: int = Field(default=10, ge=1, le=10_000, title="Epochs", description="Passes over the training split.")
+    batch_size: int = Field(default=64, ge=1, le=1_000_000, title="Batch size", description="Samples per step.")
+    learning_rate: float = Field(
+        default=3e-3, gt=0, le=10, title="Learning rate", description="AdamW learning rate."
+    )
+    weight_decay: float = Field(default=1e-4, ge=0, le=1, title="Weight decay", description="AdamW weight decay.")
+    hidden_units: int = Field(
+        default=128, ge=1, le=65_536, title="Hidden units", description="Width of the hidden layers (model-specific)."
+    )
+    val_fraction: float = Field(
+        default=0.2, gt=0, lt=1, title="Validation fraction", description="Share of rows held out for validation."
+    )
+    seed: int = Field(default=0, ge=0, title="Seed", description="Seed for splits, initialisation and shuffling.")
+    checkpoint_every_steps: int = Field(
+        default=0,
+        ge=0,
+        title="Checkpoint every N steps",
+        description="Write a checkpoint to the store every N optimizer steps (0: at the end of each epoch only).",
+    )
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"entrypoint '{value}' must look like 'package.module:function'")
+        return value
+
+
+class RegisterParams(_Params):
+    """How to register and promote the model."""
+
+    model_name: str = Field(
+        default="digits-classifier",
+        pattern=NAME_PATTERN,
+        title="Registered model name",
+        description="Name of the model in the MLflow registry.",
+    )
+    metric: str = Field(
+        default="val_accuracy",
+        title="Promotion metric",
+        description="Metric (higher is better) compared against the current champion.",
+    )
+    promotion_margin: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        title="Promotion margin",
+        description="How much the new model must beat the champion's metric by to become champion.",
+    )
+
+
+class RolloutParams(_Params):
+    """How to serve the champion."""
+
+    smoke_test: bool = Field(
+        default=True, title="Smoke test", description="Send one prediction before calling the rollout done."
+    )

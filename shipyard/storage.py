@@ -1,0 +1,178 @@
+"""The artifact store: one fsspec filesystem plus a root, local directory or S3 prefix.
+
+Everything Shipyard persists (dataset objects and manifests, checkpoints, training results) goes through
+:class:`Store`, so the same code runs against a local directory and S3. Build one with
+:func:`filesystem`; functions that touch the store take it as a parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from shipyard.errors import ConfigError, StoreError
+from shipyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SETTING = "SHIPYARD_STORE_URI"
+
+
+class AlreadyExists(StoreError):
+    """A create-only write found the object already there."""
+
+
+@dataclass(frozen=True)
+class Store:
+    """A filesystem and the root path under which Shipyard keeps its objects."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        """Tell whether the store is a local directory."""
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """Return the filesystem path of ``parts`` under the root."""
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+    def url(self, *parts: str) -> str:
+        """Return a full URI (with protocol) for ``parts`` under the root."""
+        path = self.path(*parts)
+        return path if self.is_local else f"s3://{path}"
+
+    def exists(self, *parts: str) -> bool:
+        """Tell whether an object exists."""
+        with self._errors(*parts):
+            return bool(self.fs.exists(self.path(*parts)))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        """Read a whole object."""
+        with self._errors(*parts):
+            data: bytes = self.fs.cat_file(self.path(*parts))
+            return data
+
+    def write_bytes(self, data: bytes, *parts: str, create_only: bool = False) -> None:
+        """Write an object atomically: readers see the old object, the new one, or none.
+
+        With ``create_only`` the write fails with :class:`AlreadyExists` if the object exists
+        (S3 conditional write ``If-None-Match: *``; on local disk an exclusive link).
+        """
+        path = self.path(*parts)
+        with self._errors(*parts):
+            if self.is_local:
+                self._write_local(path, data, create_only)
+            elif create_only:
+                try:
+                    self.fs.pipe_file(path, data, mode="create")
+                except (FileExistsError, OSError) as exc:
+                    if _is_precondition_failure(exc):
+                        raise AlreadyExists(f"{self.url(*parts)} already exists") from exc
+                    raise
+            else:
+                self.fs.pipe_file(path, data)
+
+    def _write_local(self, path: str, data: bytes, create_only: bool) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError as exc:
+                    raise AlreadyExists(f"{path} already exists") from exc
+            else:
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def list(self, *parts: str) -> list[str]:
+        """List the names directly under a prefix (empty if it does not exist)."""
+        path = self.path(*parts)
+        with self._errors(*parts):
+            try:
+                entries = self.fs.ls(path, detail=False, refresh=True)
+            except FileNotFoundError:
+                return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def put_file(self, local_path: str, *parts: str) -> None:
+        """Upload a local file."""
+        with self._errors(*parts):
+            if self.is_local:
+                os.makedirs(os.path.dirname(self.path(*parts)), exist_ok=True)
+            self.fs.put_file(local_path, self.path(*parts))
+
+    def get_file(self, local_path: str, *parts: str) -> None:
+        """Download an object to a local file."""
+        with self._errors(*parts):
+            self.fs.get_file(self.path(*parts), local_path)
+
+    def delete(self, *parts: str, recursive: bool = False) -> None:
+        """Remove an object or, with ``recursive``, a prefix."""
+        with self._errors(*parts):
+            if self.fs.exists(self.path(*parts)):
+                self.fs.rm(self.path(*parts), recursive=recursive)
+
+    def check(self) -> None:
+        """Fail with one line naming the URI and the setting if the store cannot be reached."""
+        with self._errors():
+            if self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+            else:
+                bucket = self.root.split("/", 1)[0]
+                self.fs.ls(bucket, refresh=True)
+
+    @contextmanager
+    def _errors(self, *parts: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except FileNotFoundError as exc:
+            raise StoreError(f"{self.url(*parts)} not found in the store ({SETTING}={self.uri})") from exc
+        except PermissionError as exc:
+            raise StoreError(f"access denied to {self.url(*parts)} (check credentials for {SETTING}={self.uri})") from exc
+        except Exception as exc:  # botocore/aiohttp errors have no common base: translate once, here
+            if type(exc).__module__.split(".")[0] in {"botocore", "aiohttp", "aiobotocore", "s3fs", "urllib3"} or isinstance(exc, OSError):
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StoreError(f"store {self.uri} is unreachable or failed ({SETTING}): {reason}") from exc
+            raise
+
+
+def _is_precondition_failure(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text
+
+
+def filesystem(settings: Settings, **storage_options: Any) -> Store:
+    """Build the store named by the settings (nothing is contacted until first use)."""
+    uri = settings.resolved_store_uri()
+    protocol, _, rest = uri.partition("://") if "://" in uri else ("file", "", uri)
+    if protocol in {"file", "local"}:
+        root = os.path.abspath(rest)
+        return Store(fs=fsspec.filesystem("file", auto_mkdir=True), root=root, uri=root)
+    if protocol not in {"s3", "s3a"}:
+        raise ConfigError(f"{SETTING}={uri}: unsupported scheme '{protocol}' (use s3://bucket/prefix or a local path)")
+    if not rest.split("/", 1)[0]:
+        raise ConfigError(f"{SETTING}={uri}: no bucket named (use s3://bucket/prefix)")
+    options: dict[str, Any] = {"skip_instance_cache": True, "retries": 5}
+    options.update(storage_options)
+    fs = fsspec.filesystem("s3", **options)
+    return Store(fs=fs, root=rest.rstrip("/"), uri=f"s3://{rest.rstrip('/')}")

@@ -1,0 +1,81 @@
+"""The built-in example recipe: an MLP classifier for the bundled handwritten digits (8x8 pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from shipyard.errors import DatasetError
+from shipyard.params import TrainParams
+
+FEATURES = [f"pixel_{i}" for i in range(64)]
+LABEL = "label"
+
+
+class DigitsRecipe:
+    """Train a two-layer MLP on Parquet shards with pixel_0..pixel_63 and label columns."""
+
+    def __init__(self, params: TrainParams) -> None:
+        self.params = params
+
+    def build_model(self) -> nn.Module:
+        """Return the classifier (outputs logits)."""
+        width = self.params.hidden_units
+        return nn.Sequential(
+            nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
+        )
+
+    def datasets(self, data_dir: Path) -> tuple[Dataset[Any], Dataset[Any]]:
+        """Read every Parquet shard, scale pixels to [0, 1] and split off validation rows."""
+        import pandas as pd
+
+        shards = sorted(data_dir.rglob("*.parquet"))
+        if not shards:
+            raise DatasetError(f"no Parquet files in dataset directory {data_dir}")
+        frame = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+        missing = [c for c in [*FEATURES, LABEL] if c not in frame.columns]
+        if missing:
+            raise DatasetError(f"dataset at {data_dir} lacks columns {', '.join(missing[:5])}")
+        x = torch.tensor(frame[FEATURES].to_numpy(np.float32) / 16.0)
+        y = torch.tensor(frame[LABEL].to_numpy(np.int64))
+        order = torch.randperm(len(frame), generator=torch.Generator().manual_seed(self.params.seed))
+        n_val = max(1, int(len(frame) * self.params.val_fraction))
+        val, train = order[:n_val], order[n_val:]
+        return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        """Return the cross-entropy loss of a batch."""
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        loss: torch.Tensor = nn.functional.cross_entropy(model(x), y)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+        """Return validation loss and accuracy."""
+        total = correct = 0
+        loss = 0.0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x).float()
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        return {"val_loss": loss / total, "val_accuracy": correct / total}
+
+    def input_example(self) -> np.ndarray:
+        """Return two rows of scaled pixels."""
+        return np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 64)
+
+    def serving_model(self, model: nn.Module) -> nn.Module:
+        """Serve class probabilities."""
+        return nn.Sequential(model, nn.Softmax(dim=1))
+
+
+def recipe(params: TrainParams) -> DigitsRecipe:
+    """Entrypoint: build the digits recipe."""
+    return DigitsRecipe(params)
