@@ -172,7 +172,9 @@ def filesystem(settings: Settings, **storage_options: Any) -> Store:
         raise ConfigError(f"{SETTING}={uri}: unsupported scheme '{protocol}' (use s3://bucket/prefix or a local path)")
     if not rest.split("/", 1)[0]:
         raise ConfigError(f"{SETTING}={uri}: no bucket named (use s3://bucket/prefix)")
-    options: dict[str, Any] = {"skip_instance_cache": True, "retries": 5}
+    # botocore retries throttling, 5xx and connection errors with backoff before s3fs sees them.
+    options: dict[str, Any] = {"skip_instance_cache": True,
+                               "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
     options.update(storage_options)
     fs = fsspec.filesystem("s3", **options)
     return Store(fs=fs, root=rest.rstrip("/"), uri=f"s3://{rest.rstrip('/')}")

@@ -1,0 +1,52 @@
+"""The ``shipyard`` command line.
+
+Each submodule in ``COMMANDS`` adds its subcommands through ``register(subparsers)`` and sets ``func``
+on its parsers. Expected errors print one line (no traceback) and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from shipyard import __version__
+from shipyard.errors import ShipyardError
+
+COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="shipyard",
+        description="Take a model from raw data to a live endpoint: stage -> train -> register -> roll out.",
+        epilog="Settings come from SHIPYARD_* environment variables: see 'shipyard status --settings'.",
+    )
+    parser.add_argument("--version", action="version", version=f"shipyard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    args = build_parser().parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except ShipyardError as exc:
+        print(f"shipyard: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("shipyard: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

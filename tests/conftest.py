@@ -1,0 +1,26 @@
+"""Fixtures every test gets: an isolated environment, home directory and working directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Variables that would point a test at a developer's real services or credentials.
+_LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "KUBECONFIG")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run each test in its own directory with a clean environment and a throwaway HOME."""
+    for name in list(os.environ):
+        if name.startswith(_LEAKY_PREFIXES):
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path / ".shipyard"))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path

@@ -1,0 +1,128 @@
+"""Real servers for integration tests: an S3-compatible server, an MLflow tracking server, Prefect.
+
+Session fixtures start each server once; the ``s3`` fixture resets the S3 server between tests and
+points Shipyard's settings at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from tests import servers
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+STORE_BUCKET = "shipyard-test"
+MLFLOW_BUCKET = "mlflow-test"
+
+
+@dataclass(frozen=True)
+class S3:
+    """The S3-compatible server a test talks to."""
+
+    endpoint: str
+    bucket: str
+    client: Any
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """List every key in the store bucket under ``prefix``."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start moto's S3-compatible server over HTTP on 127.0.0.1 for the whole session."""
+    port = servers.free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = servers.start(servers.moto_command(port), f"{endpoint}/moto-api/", log)
+    yield endpoint
+    servers.stop(proc)
+
+
+def _reset_buckets(endpoint: str) -> Any:
+    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"},
+                          region_name=AWS_ENV["AWS_DEFAULT_REGION"])
+    for bucket in (STORE_BUCKET, MLFLOW_BUCKET):
+        client.create_bucket(Bucket=bucket)
+    return client
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """Reset the S3 server, create the buckets, and point SHIPYARD_STORE_URI at it."""
+    client = _reset_buckets(s3_endpoint)
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("SHIPYARD_STORE_URI", f"s3://{STORE_BUCKET}/store")
+    return S3(endpoint=s3_endpoint, bucket=STORE_BUCKET, client=client)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start an MLflow tracking server process on SQLite with its artifacts in the S3 server."""
+    directory = tmp_path_factory.mktemp("mlflow")
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**AWS_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    _reset_buckets(s3_endpoint)
+    proc = servers.start(servers.mlflow_command(port, directory / "mlflow.db", f"s3://{MLFLOW_BUCKET}/artifacts"),
+                         f"{url}/health", directory / "server.log", env=env, timeout=120)
+    yield url
+    servers.stop(proc)
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_server: str, s3: S3, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """Point Shipyard at the MLflow server, with an experiment of this test's own."""
+    monkeypatch.setenv("SHIPYARD_MLFLOW_TRACKING_URI", mlflow_server)
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
+    monkeypatch.setenv("SHIPYARD_MLFLOW_EXPERIMENT", f"test-{digest}")
+    return mlflow_server
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """Run flows against one Prefect test server for the whole session (it takes 10-15 s to start)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def inference_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Give the local inference server a free port, and stop it after the test."""
+    from shipyard.serving import local
+    from shipyard.settings import load_settings
+
+    port = servers.free_port()
+    monkeypatch.setenv("SHIPYARD_INFERENCE_PORT", str(port))
+    yield port
+    local.stop(load_settings())
+
+
+def unique_name(request: pytest.FixtureRequest, prefix: str = "m") -> str:
+    """Return a registry-safe name unique to this test."""
+    return f"{prefix}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]}"
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A registered-model name no other test uses (the MLflow server lives for the session)."""
+    return unique_name(request)
+
+
+__all__ = ["S3", "Path"]
