@@ -39,7 +39,7 @@ class PipelineResult(BaseModel):
             metrics=trained.metrics, model_name=registration.model_name, model_version=registration.version,
             champion_version=registration.champion_version, promoted=registration.promoted,
             mlflow_run_id=registration.run_id, mlflow_experiment_id=registration.experiment_id,
-            endpoint=rollout.state.url, served_version=rollout.state.model_version, flow_run_id=flow_run_id,
+            endpoint=rollout.url, served_version=rollout.model_version, flow_run_id=flow_run_id,
             example=registration.input_example[:1],
         )
 

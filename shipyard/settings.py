@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     train_work_pool: str = Field(
         default="gpu-train", description="Prefect Kubernetes work pool for cluster training."
     )
+    pipeline_work_pool: str = Field(
+        default="shipyard-cpu",
+        description="Prefect Kubernetes work pool that runs the pipeline flow itself on the cluster.",
+    )
     local_work_pool: str = Field(
         default="shipyard-local", description="Prefect process work pool that 'shipyard up' creates."
     )

@@ -21,7 +21,7 @@ def roll_out(registration: Registration, params: RolloutParams) -> Rollout:
     rollout = roll_out_locally(settings, registration.model_name, version, settings.resolved_mlflow_uri(),
                                registration.input_example if params.smoke_test else None)
     verb = "already serving" if rollout.reused else "now serving"
-    logger.info("%s %s version %s at %s", verb, registration.model_name, version, rollout.state.url)
+    logger.info("%s %s version %s at %s", verb, registration.model_name, version, rollout.url)
     if rollout.predictions is not None:
-        logger.info("smoke test passed: %d predictions from %s/invocations", len(rollout.predictions), rollout.state.url)
+        logger.info("smoke test passed: %d predictions from %s/invocations", len(rollout.predictions), rollout.url)
     return rollout

@@ -1,138 +1,74 @@
 """The local inference server: start it on a model version, smoke-test it, roll back on failure.
 
-State lives in ``<home>/serving/server.json`` so that ``shipyard status`` and ``shipyard down`` find the
-server a previous command started.
+It runs as the background service ``inference`` (see :mod:`shipyard.processes`), so ``shipyard status``
+and ``shipyard down`` find the server a previous command started.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
 
+from shipyard import processes
 from shipyard.errors import ServingError
+from shipyard.processes import Service
 from shipyard.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-class ServerState(BaseModel):
-    """A running local inference server."""
-
-    pid: int
-    host: str
-    port: int
-    model_name: str
-    model_version: str
-    model_uri: str
-    log_path: str
-
-    @property
-    def url(self) -> str:
-        """Return the server's base URL."""
-        return f"http://{self.host}:{self.port}"
+NAME = "inference"
 
 
 @dataclass(frozen=True)
 class Rollout:
     """The outcome of rolling a version out to the local server."""
 
-    state: ServerState
+    service: Service
+    model_name: str
+    model_version: str
     reused: bool
     predictions: list[Any] | None
 
-
-def _state_path(settings: Settings) -> Path:
-    return settings.home / "serving" / "server.json"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:  # a zombie child still answers kill(0): reap it if it is ours
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
+    @property
+    def url(self) -> str:
+        """Return the endpoint's base URL."""
+        return str(self.service.url)
 
 
-def current(settings: Settings) -> ServerState | None:
-    """Return the running server, if its process is alive and answers /version."""
-    path = _state_path(settings)
-    if not path.exists():
-        return None
-    state = ServerState.model_validate_json(path.read_text())
-    if not _alive(state.pid):
+def current(settings: Settings) -> Service | None:
+    """Return the running server if it is alive and answers /version as it was recorded."""
+    service = processes.find(settings.home, NAME)
+    if service is None or service.url is None:
         return None
     try:
-        info = httpx.get(f"{state.url}/version", timeout=2).json()
+        info = httpx.get(f"{service.url}/version", timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return None
-    return state if str(info.get("model_version")) == state.model_version else None
+    return service if str(info.get("model_version")) == service.info.get("model_version") else None
 
 
-def start(settings: Settings, model_name: str, version: str, tracking_uri: str, timeout: float = 180) -> ServerState:
+def start(settings: Settings, model_name: str, version: str, tracking_uri: str, timeout: float = 180) -> Service:
     """Start a server on ``models:/name/version`` and wait until it answers /ping."""
-    directory = settings.home / "serving"
-    directory.mkdir(parents=True, exist_ok=True)
-    log_path = directory / "server.log"
     model_uri = f"models:/{model_name}/{version}"
+    url = f"http://{settings.inference_host}:{settings.inference_port}"
     cmd = [sys.executable, "-m", "shipyard.serving", "--model-uri", model_uri, "--model-name", model_name,
            "--model-version", version, "--tracking-uri", tracking_uri,
            "--host", settings.inference_host, "--port", str(settings.inference_port)]
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
-    state = ServerState(pid=proc.pid, host=settings.inference_host, port=settings.inference_port,
-                        model_name=model_name, model_version=version, model_uri=model_uri, log_path=str(log_path))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServingError(f"inference server for {model_uri} exited with code {proc.returncode} (see {log_path})")
-        try:
-            if httpx.get(f"{state.url}/ping", timeout=1).status_code == 200:
-                _state_path(settings).write_text(state.model_dump_json(indent=2))
-                log.info("inference server for %s is up at %s (pid %d)", model_uri, state.url, proc.pid)
-                return state
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    _kill(proc.pid)
-    raise ServingError(f"inference server for {model_uri} did not answer {state.url}/ping within {timeout:.0f}s (see {log_path})")
+    if processes.answers(f"{url}/ping"):
+        raise ServingError(f"port {settings.inference_port} is taken by another server (set SHIPYARD_INFERENCE_PORT)")
+    return processes.spawn(settings.home, NAME, cmd, health_url=f"{url}/ping", url=url, timeout=timeout,
+                           info={"model_name": model_name, "model_version": version, "model_uri": model_uri},
+                           error=ServingError)
 
 
-def _kill(pid: int, grace: float = 10) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def stop(settings: Settings) -> ServerState | None:
+def stop(settings: Settings) -> Service | None:
     """Stop the local server, if one runs; return what was stopped."""
-    path = _state_path(settings)
-    if not path.exists():
-        return None
-    state = ServerState.model_validate_json(path.read_text())
-    _kill(state.pid)
-    path.unlink(missing_ok=True)
-    return state
+    return processes.stop(settings.home, NAME)
 
 
 def smoke_test(url: str, example: list[list[float]]) -> list[Any]:
@@ -153,17 +89,18 @@ def roll_out(settings: Settings, model_name: str, version: str, tracking_uri: st
              example: list[list[float]] | None) -> Rollout:
     """Serve ``version``; reuse a server already on it; on a failed start or smoke test, restore the old one."""
     running = current(settings)
-    if running and running.model_name == model_name and running.model_version == version:
+    if running and running.info.get("model_name") == model_name and running.info.get("model_version") == version:
         log.info("inference server already serves %s version %s at %s; reusing it", model_name, version, running.url)
-        return Rollout(state=running, reused=True, predictions=smoke_test(running.url, example) if example else None)
+        predictions = smoke_test(str(running.url), example) if example else None
+        return Rollout(running, model_name, version, reused=True, predictions=predictions)
     previous = stop(settings)
     try:
-        state = start(settings, model_name, version, tracking_uri)
-        predictions = smoke_test(state.url, example) if example else None
+        service = start(settings, model_name, version, tracking_uri)
+        predictions = smoke_test(str(service.url), example) if example else None
     except ServingError:
         stop(settings)
         if previous is not None:
-            log.warning("rolling back to %s version %s", previous.model_name, previous.model_version)
-            start(settings, previous.model_name, previous.model_version, tracking_uri)
+            log.warning("rolling back to %s version %s", previous.info.get("model_name"), previous.info.get("model_version"))
+            start(settings, previous.info["model_name"], previous.info["model_version"], tracking_uri)
         raise
-    return Rollout(state=state, reused=False, predictions=predictions)
+    return Rollout(service, model_name, version, reused=False, predictions=predictions)

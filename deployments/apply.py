@@ -1,0 +1,54 @@
+"""Create the work pools and deployments of one environment on the current Prefect server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.workers.process import ProcessWorker
+
+from deployments import DeploymentSpec, for_environment
+from shipyard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_pool(name: str, pool_type: str, base_job_template: dict[str, Any]) -> None:
+    """Create a work pool, or update its base job template if it exists."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=base_job_template))
+            log.info("created %s work pool %s", pool_type, name)
+        except ObjectAlreadyExists:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
+
+
+def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerDeployment:
+    deployment = RunnerDeployment.from_entrypoint(
+        str(path / spec.entrypoint), name=spec.environment, cron=spec.cron, description=spec.description,
+        tags=list(spec.tags), work_pool_name=spec.work_pool(settings), job_variables=dict(spec.job_variables),
+    )
+    # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
+    deployment.entrypoint = spec.entrypoint
+    deployment._path = str(path)  # noqa: SLF001 - RunnerDeployment has no public setter for its working dir
+    return deployment
+
+
+def deploy_local(settings: Settings) -> list[str]:
+    """Create the process work pool and the local deployments; return their names."""
+    pool = settings.local_work_pool
+    ensure_pool(pool, "process", ProcessWorker.get_default_base_job_template())
+    names = []
+    for spec in for_environment("local"):
+        _deployment(spec, settings, REPO_ROOT).apply()
+        names.append(spec.full_name)
+    return names

@@ -1,0 +1,132 @@
+"""``shipyard up``, ``down`` and ``status``: the local services behind the Prefect UI's Run button."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shipyard import processes
+from shipyard.cli.runtime import local_prefect_url
+from shipyard.errors import ShipyardError
+from shipyard.settings import Settings, load_settings, settings_table
+
+SERVICES = ("worker", "mlflow-ui", "prefect-server")  # stop order: dependants first
+
+
+def register(sub: Any) -> None:
+    """Add ``up``, ``down`` and ``status``."""
+    up = sub.add_parser("up", help="start the local Prefect server + UI, MLflow UI, a worker and the deployments",
+                        description="Start the local Prefect server and UI, the MLflow UI, a process work pool "
+                        "with a worker, and the local deployments, so the Prefect UI's Run button works.")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop everything 'up' and the pipeline started (inference server too)")
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="show settings, running services, datasets and the champion")
+    status.add_argument("--settings", action="store_true", help="list every SHIPYARD_* setting and exit")
+    status.set_defaults(func=cmd_status)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _start_prefect(settings: Settings) -> processes.Service:
+    url = local_prefect_url(settings)
+    found = processes.find(settings.home, "prefect-server")
+    if found or processes.answers(f"{url}/health"):
+        print(f"Prefect server already running at {url.removesuffix('/api')}")
+        return found or processes.Service(name="prefect-server", pid=0, url=url, log_path="")
+    print("Starting the Prefect server (10-20 s) ...", flush=True)
+    env = {"PREFECT_HOME": str((settings.home / "prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": url}
+    cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    return processes.spawn(settings.home, "prefect-server", cmd, health_url=f"{url}/health", url=url, env=env,
+                           timeout=180)
+
+
+def _start_mlflow_ui(settings: Settings) -> None:
+    if not settings.is_local_mlflow() or processes.find(settings.home, "mlflow-ui"):
+        return
+    print("Starting the MLflow UI ...", flush=True)
+    url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    cmd = [_bin("mlflow"), "server", "--backend-store-uri", settings.resolved_mlflow_uri(), "--host", "127.0.0.1",
+           "--port", str(settings.mlflow_ui_port), "--workers", "1",
+           "--default-artifact-root", str((settings.home / "store" / "mlflow-artifacts").resolve())]
+    processes.spawn(settings.home, "mlflow-ui", cmd, health_url=f"{url}/health", url=url, timeout=180,
+                    env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+
+def _start_worker(settings: Settings, api_url: str) -> None:
+    if processes.find(settings.home, "worker"):
+        return
+    cmd = [_bin("prefect"), "worker", "start", "--pool", settings.local_work_pool, "--type", "process"]
+    env = {"PREFECT_API_URL": api_url, "SHIPYARD_HOME": str(settings.home.resolve())}
+    processes.spawn(settings.home, "worker", cmd, health_url=None, env=env)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the local services and create the deployments."""
+    settings = load_settings()
+    prefect = _start_prefect(settings)
+    api_url = str(prefect.url)
+    os.environ["PREFECT_API_URL"] = api_url  # read by Prefect's client below, imported late on purpose
+    from deployments.apply import deploy_local
+
+    names = deploy_local(settings)
+    _start_worker(settings, api_url)
+    _start_mlflow_ui(settings)
+    print(f"Prefect UI:  {api_url.removesuffix('/api')}  (deployments: {', '.join(names)}; worker on pool "
+          f"'{settings.local_work_pool}')")
+    if settings.is_local_mlflow():
+        print(f"MLflow UI:   http://127.0.0.1:{settings.mlflow_ui_port}")
+    print("Run the pipeline from the UI (Deployments > pipeline-flow/local > Run), or: shipyard run")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop every service Shipyard started on this machine."""
+    settings = load_settings()
+    from shipyard.serving import local as serving
+
+    stopped = [s.name for s in (serving.stop(settings),) if s]
+    stopped += [name for name in SERVICES if processes.stop(settings.home, name)]
+    print("Stopped: " + ", ".join(stopped) if stopped else "Nothing was running.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show where things are and what runs."""
+    settings = load_settings()
+    if args.settings:
+        for name, default, description in settings_table():
+            print(f"{name:32} {default or '-':22} {description}")
+        return 0
+    print(f"Store:        {settings.resolved_store_uri()}")
+    print(f"MLflow:       {settings.resolved_mlflow_uri()}")
+    print(f"Train mode:   {settings.train_mode.value}")
+    for name in ("prefect-server", "mlflow-ui", "worker", "inference"):
+        service = processes.find(settings.home, name)
+        where = f"running (pid {service.pid}){' at ' + service.url if service and service.url else ''}" if service else "stopped"
+        extra = f", {service.info['model_name']} version {service.info['model_version']}" if service and service.info else ""
+        print(f"{name + ':':13} {where}{extra}")
+    try:
+        _print_registry(settings)
+    except ShipyardError as exc:
+        print(f"Registry:     unavailable ({exc})")
+    return 0
+
+
+def _print_registry(settings: Settings) -> None:
+    if settings.is_local_mlflow() and not (settings.home / "mlflow.db").exists():
+        print("Registry:     empty (run 'shipyard demo')")
+        return
+    from shipyard import registry
+
+    client = registry.client(settings)
+    with registry.translate(settings.resolved_mlflow_uri()):
+        for model in client.search_registered_models(max_results=20):
+            champion = model.aliases.get(registry.CHAMPION) if model.aliases else None
+            print(f"Model:        {model.name} (champion: version {champion or 'none'})")

@@ -1,0 +1,146 @@
+"""``shipyard demo`` and ``shipyard run``: the pipeline from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from shipyard.cli.runtime import choose_prefect_api, ui_url
+from shipyard.errors import ConfigError
+from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.settings import Settings, load_settings
+
+SECTIONS: dict[str, type[Any]] = {
+    "dataset": DatasetParams, "training": TrainParams, "registry": RegisterParams, "rollout": RolloutParams,
+}
+# CLI option -> (section, field); typed options only, never JSON on the command line.
+OPTIONS: dict[str, tuple[str, str, type[Any]]] = {
+    "dataset": ("dataset", "name", str), "source": ("dataset", "source", str),
+    "entrypoint": ("training", "entrypoint", str), "epochs": ("training", "epochs", int),
+    "batch_size": ("training", "batch_size", int), "learning_rate": ("training", "learning_rate", float),
+    "hidden_units": ("training", "hidden_units", int), "seed": ("training", "seed", int),
+    "model_name": ("registry", "model_name", str), "promotion_margin": ("registry", "promotion_margin", float),
+}
+
+
+def register(sub: Any) -> None:
+    """Add ``demo`` and ``run``."""
+    demo = sub.add_parser("demo", help="run the demo pipeline on the bundled digits and print the endpoint",
+                          description="Stage the bundled digits, train, register and serve them locally.")
+    demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser("run", help="run the pipeline with options",
+                         description="Run the pipeline. Options override --params; unset ones keep their defaults.")
+    run.add_argument("--params", type=Path, metavar="FILE",
+                     help="YAML or JSON file with sections dataset, training, registry, rollout")
+    for option, (section, field, kind) in OPTIONS.items():
+        description = SECTIONS[section].model_fields[field].description
+        run.add_argument(f"--{option.replace('_', '-')}", dest=option, type=kind, default=None, help=description)
+    run.add_argument("--no-smoke-test", action="store_true", help="skip the smoke-test prediction")
+    run.set_defaults(func=cmd_run)
+
+
+def _read_params_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"params file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must hold a mapping with sections {', '.join(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"params file {path}: unknown section '{unknown[0]}' (expected {', '.join(SECTIONS)})")
+    return data
+
+
+def build_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate every section before any work starts; errors name the field."""
+    raw: dict[str, dict[str, Any]] = {k: dict(v or {}) for k, v in
+                                      (_read_params_file(args.params) if getattr(args, "params", None) else {}).items()}
+    for option, (section, field, _) in OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            raw.setdefault(section, {})[field] = value
+    if getattr(args, "no_smoke_test", False):
+        raw.setdefault("rollout", {})["smoke_test"] = False
+    params: dict[str, Any] = {}
+    for section, model in SECTIONS.items():
+        try:
+            params[section] = model.model_validate(raw.get(section, {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in (section, *err["loc"]))
+            raise ConfigError(f"parameter {where}: {err['msg']}") from exc
+    return params
+
+
+def _preflight(settings: Settings, params: dict[str, Any]) -> None:
+    from shipyard import registry
+    from shipyard.storage import filesystem
+
+    filesystem(settings).check()
+    registry.check(settings)
+    source = params["dataset"].source
+    if source != "demo" and "://" not in source and not any(c in source for c in "*?[") and not Path(source).exists():
+        raise ConfigError(f"dataset source {source} does not exist")
+
+
+def _execute(params: dict[str, Any]) -> int:
+    settings = load_settings()
+    _preflight(settings, params)
+    api_url = choose_prefect_api(settings)
+    from flows.pipeline import pipeline_flow  # imported late: Prefect reads PREFECT_API_URL at import
+
+    print(f"Running stage -> train -> register -> roll out (Prefect: {api_url or 'ephemeral server'})", flush=True)
+    state = pipeline_flow(**params, return_state=True)
+    if not state.is_completed():
+        raise _failure(state)
+    result = state.result()
+    _print_summary(result, settings, api_url)
+    return 0
+
+
+def _failure(state: Any) -> Exception:
+    from shipyard.errors import ShipyardError
+
+    try:
+        state.result()
+    except ShipyardError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - reported as one line; Prefect keeps the traceback
+        return ShipyardError(f"pipeline run failed: {type(exc).__name__}: {exc}")
+    return ShipyardError(f"pipeline run ended {state.name}: {state.message}")
+
+
+def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None:
+    mlflow_ui = f"http://127.0.0.1:{settings.mlflow_ui_port}" if settings.is_local_mlflow() else settings.resolved_mlflow_uri()
+    lines = [
+        "",
+        f"Dataset:     {result.dataset}@{result.dataset_version}",
+        "Metrics:     " + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()),
+        f"Model:       {result.model_name} version {result.model_version}"
+        + (" (champion)" if result.promoted or result.champion_version == result.model_version else f" (champion stays {result.champion_version})"),
+        f"Endpoint:    {result.endpoint}/invocations  (serving version {result.served_version})",
+        f"Try it:      {result.curl()}",
+        f"MLflow run:  {result.mlflow_run_id}  ({mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id})",
+        f"Prefect run: {result.flow_run_id}" + (f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""),
+    ]
+    if settings.is_local_mlflow():
+        lines.append("UIs:         'shipyard up' starts the Prefect and MLflow UIs; 'shipyard down' stops everything")
+    print("\n".join(lines), flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the pipeline with the demo defaults."""
+    return _execute(build_params(argparse.Namespace()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline with the given options."""
+    return _execute(build_params(args))
+
