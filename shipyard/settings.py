@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     def resolved_store_uri(self) -> str:
         """Return the store URI, defaulting to a directory under ``home``."""
         if self.store_uri:
-            return self.store_uri.rstrip("/")
+            uri = self.store_uri
+            return uri if uri.endswith("://") else uri.rstrip("/")
         return str((self.home / "store").resolve())
 
     def resolved_mlflow_uri(self) -> str:
@@ -118,3 +119,11 @@ def settings_table() -> list[tuple[str, str, str]]:
         default = "" if field.default is None else str(getattr(field.default, "value", field.default))
         rows.append((f"SHIPYARD_{name.upper()}", default, field.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """Render the settings as the markdown table the README carries."""
+    lines = ["| variable | default | what it holds |", "|---|---|---|"]
+    for name, default, description in settings_table():
+        lines.append(f"| `{name}` | {f'`{default}`' if default else ''} | {description} |")
+    return "\n".join(lines)
