@@ -134,7 +134,7 @@ class Store:
         """Fail with one line naming the URI and the setting if the store cannot be reached."""
         with self._errors():
             if self.is_local:
-                os.makedirs(self.root, exist_ok=True)
+                _check_writable_dir(self.root, self.uri)
             else:
                 bucket = self.root.split("/", 1)[0]
                 self.fs.ls(bucket, refresh=True)
@@ -154,6 +154,15 @@ class Store:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise StoreError(f"store {self.uri} is unreachable or failed ({SETTING}): {reason}") from exc
             raise
+
+
+def _check_writable_dir(root: str, uri: str) -> None:
+    """Fail unless ``root`` is (or could be created as) a writable directory; create nothing."""
+    path = os.path.abspath(root)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK):
+        raise StoreError(f"store {uri} is not a writable directory ({SETTING}): {path}")
 
 
 def _is_precondition_failure(exc: BaseException) -> bool:
@@ -178,3 +187,15 @@ def filesystem(settings: Settings, **storage_options: Any) -> Store:
     options.update(storage_options)
     fs = fsspec.filesystem("s3", **options)
     return Store(fs=fs, root=rest.rstrip("/"), uri=f"s3://{rest.rstrip('/')}")
+
+
+def probe(settings: Settings) -> None:
+    """Check the store answers, failing within seconds (no retry ladder) with the URI and the setting."""
+    uri = settings.resolved_store_uri()
+    if "://" in uri and not uri.startswith(("file://", "local://")):
+        store = filesystem(settings, config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 5,
+                                                    "read_timeout": 10})
+        store.fs.retries = 1  # s3fs's own retry loop, on top of botocore's
+    else:
+        store = filesystem(settings)
+    store.check()

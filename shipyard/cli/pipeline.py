@@ -81,13 +81,13 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _preflight(settings: Settings, params: dict[str, Any]) -> None:
     from shipyard import registry
-    from shipyard.storage import filesystem
+    from shipyard.storage import probe
 
-    filesystem(settings).check()
-    registry.check(settings)
     source = params["dataset"].source
     if source != "demo" and "://" not in source and not any(c in source for c in "*?[") and not Path(source).exists():
         raise ConfigError(f"dataset source {source} does not exist")
+    probe(settings)
+    registry.check(settings)
 
 
 def _execute(params: dict[str, Any]) -> int:
