@@ -1,6 +1,9 @@
-"""Training: the recipe protocol, the trainer loop and checkpoints in the store."""
+"""Training: the recipe protocol, the trainer loop, checkpoints, preemption and single-node DDP."""
 
-from shipyard.training.recipe import Recipe, load_recipe
-from shipyard.training.trainer import EpochMetrics, TrainResult, cached_result, load_model, train, training_key
+from shipyard.training.loop import EpochMetrics
+from shipyard.training.preemption import Preempted
+from shipyard.training.recipe import Recipe, TrainContext, load_recipe
+from shipyard.training.trainer import TrainResult, cached_result, load_model, train, training_key
 
-__all__ = ["EpochMetrics", "Recipe", "TrainResult", "cached_result", "load_model", "load_recipe", "train", "training_key"]
+__all__ = ["EpochMetrics", "Preempted", "Recipe", "TrainContext", "TrainResult", "cached_result", "load_model",
+           "load_recipe", "train", "training_key"]

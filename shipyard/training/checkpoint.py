@@ -30,16 +30,21 @@ def _name(step: int) -> str:
     return f"step-{step:010d}"
 
 
-def save(store: Store, prefix: tuple[str, ...], epoch: int, step: int, state: dict[str, Any]) -> str:
-    """Write a checkpoint and its checksum sidecar (the sidecar last, so it marks completion)."""
+def save(store: Store, prefix: tuple[str, ...], epoch: int, step: int, state: dict[str, Any],
+         reason: str = "scheduled") -> str:
+    """Write a checkpoint and its checksum sidecar (the sidecar last, so it marks completion).
+
+    ``reason`` ("scheduled", "epoch" or "preempted") is kept in the sidecar for people and tests.
+    """
     buffer = io.BytesIO()
     torch.save({"epoch": epoch, "step": step, **state}, buffer)
     data = buffer.getvalue()
     name = _name(step)
     store.write_bytes(data, *prefix, f"{name}.pt")
-    meta = {"epoch": epoch, "step": step, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    meta = {"epoch": epoch, "step": step, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "reason": reason}
     store.write_bytes(json.dumps(meta).encode(), *prefix, f"{name}.json")
-    log.info("checkpoint epoch=%d step=%d written to %s", epoch, step, store.url(*prefix, f"{name}.pt"))
+    log.info("checkpoint (%s) epoch=%d step=%d written to %s", reason, epoch, step, store.url(*prefix, f"{name}.pt"))
     return store.url(*prefix, f"{name}.pt")
 
 

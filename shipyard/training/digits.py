@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from shipyard.errors import DatasetError
 from shipyard.params import TrainParams
+from shipyard.training.recipe import TrainContext
 
 FEATURES = [f"pixel_{i}" for i in range(64)]
 LABEL = "label"
@@ -48,19 +49,19 @@ class DigitsRecipe:
         val, train = order[:n_val], order[n_val:]
         return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
 
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+    def training_step(self, model: nn.Module, batch: Any, ctx: TrainContext) -> torch.Tensor:
         """Return the cross-entropy loss of a batch."""
-        x, y = (t.to(device, non_blocking=True) for t in batch)
+        x, y = (t.to(ctx.device, non_blocking=True) for t in batch)
         loss: torch.Tensor = nn.functional.cross_entropy(model(x), y)
         return loss
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader[Any], ctx: TrainContext) -> dict[str, float]:
         """Return validation loss and accuracy."""
         total = correct = 0
         loss = 0.0
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(ctx.device), y.to(ctx.device)
             logits = model(x).float()
             loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())

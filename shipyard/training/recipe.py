@@ -2,14 +2,16 @@
 
 An entrypoint ``package.module:function`` names a function that takes the run's
 :class:`~shipyard.params.TrainParams` and returns a :class:`Recipe`. The trainer owns the loop
-(device, precision, loader, optimizer, checkpoints, metrics); the recipe owns the model, the data and
-the loss. See ``shipyard/training/digits.py`` for the built-in example.
+(device, precision, loader, optimizer, checkpoints, preemption, DDP, metrics); the recipe owns the model,
+the data and the loss. It sees the run through a :class:`TrainContext`. See ``docs/training.md`` and
+``shipyard/training/digits.py``, the built-in example.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,6 +22,38 @@ from torch.utils.data import DataLoader, Dataset
 
 from shipyard.errors import TrainingError
 from shipyard.params import TrainParams
+
+
+@dataclass
+class TrainContext:
+    """What a recipe sees of the run: where it is, and where its metrics and extra state go.
+
+    ``state`` is saved in every checkpoint and restored on resume: keep in it anything of the recipe's
+    own that must survive preemption (counters, an EMA of the weights as tensors). ``log`` records a
+    per-step scalar; its per-epoch mean is reported with the epoch's metrics and logged to MLflow.
+    """
+
+    device: torch.device
+    params: TrainParams
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0  # epochs fully completed
+    step: int = 0  # optimizer steps taken in total
+    state: dict[str, Any] = field(default_factory=dict)
+    _sums: dict[str, tuple[float | torch.Tensor, int]] = field(default_factory=dict, repr=False)
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Record a scalar for this step; the epoch reports the mean of what was logged."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()  # summed on the device: no host sync per step
+        total, count = self._sums.get(name, (0.0, 0))
+        self._sums[name] = (total + value, count + 1)
+
+    def epoch_means(self) -> dict[str, float]:
+        """Return the means of the scalars logged since the last call, and start afresh."""
+        means = {name: float(total) / count for name, (total, count) in self._sums.items() if count}
+        self._sums.clear()
+        return means
 
 
 @runtime_checkable
@@ -34,11 +68,11 @@ class Recipe(Protocol):
         """Return (train, validation) datasets read from the pulled dataset version in ``data_dir``."""
         ...
 
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+    def training_step(self, model: nn.Module, batch: Any, ctx: TrainContext) -> torch.Tensor:
         """Return the loss of one batch (the trainer runs backward and the optimizer)."""
         ...
 
-    def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader[Any], ctx: TrainContext) -> dict[str, float]:
         """Return validation metrics; higher-is-better metrics are used for promotion."""
         ...
 
@@ -51,18 +85,26 @@ class Recipe(Protocol):
         ...
 
 
+# Spelled out: typing's protocol introspection (__protocol_attrs__) only exists from Python 3.12.
+RECIPE_METHODS = ("build_model", "datasets", "training_step", "evaluate", "input_example", "serving_model")
+
+
 def load_recipe(entrypoint: str, params: TrainParams) -> Recipe:
     """Import ``module:function`` and build the recipe, naming the entrypoint on any failure."""
     module_name, _, func_name = entrypoint.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TrainingError(f"entrypoint '{entrypoint}': cannot import module '{module_name}' ({exc})") from exc
+        raise TrainingError(
+            f"entrypoint '{entrypoint}': cannot import module '{module_name}' ({exc}); "
+            "is the package installed in the training image?") from exc
     factory: Callable[[TrainParams], Any] | None = getattr(module, func_name, None)
     if not callable(factory):
         raise TrainingError(f"entrypoint '{entrypoint}': module '{module_name}' has no function '{func_name}'")
     recipe = factory(params)
     if not isinstance(recipe, Recipe):
-        missing = [m for m in Recipe.__protocol_attrs__ if not hasattr(recipe, m)]  # type: ignore[attr-defined]
-        raise TrainingError(f"entrypoint '{entrypoint}' returned a {type(recipe).__name__} without {', '.join(sorted(missing))}")
+        missing = [m for m in RECIPE_METHODS if not callable(getattr(recipe, m, None))]
+        raise TrainingError(
+            f"entrypoint '{entrypoint}' returned a {type(recipe).__name__} without {', '.join(sorted(missing))} "
+            "(see docs/training.md for the recipe protocol)")
     return recipe
