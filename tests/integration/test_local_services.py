@@ -1,0 +1,83 @@
+"""The one-machine paths a new user takes: `shipyard demo`, and `shipyard up` + the UI's Run button."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import free_port
+
+SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@pytest.fixture
+def local_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
+    """Free ports for every local service, and `shipyard down` afterwards whatever happened."""
+    ports = {"SHIPYARD_INFERENCE_PORT": free_port(), "SHIPYARD_PREFECT_PORT": free_port(),
+             "SHIPYARD_MLFLOW_UI_PORT": free_port()}
+    for name, port in ports.items():
+        monkeypatch.setenv(name, str(port))
+    yield ports
+    subprocess.run([SHIPYARD, "down"], timeout=120, check=False)
+
+
+def _shipyard(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SHIPYARD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int], tmp_path: Path) -> None:
+    done = _shipyard("demo")
+    assert done.returncode == 0, done.stderr[-3000:]
+    endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
+    assert f"Endpoint:    {endpoint}/invocations" in done.stdout
+    assert re.search(r"MLflow run:  [0-9a-f]{32}", done.stdout)
+    assert re.search(r"Prefect run: [0-9a-f-]{36}", done.stdout)
+    curl = next(line.split("Try it:", 1)[1].strip() for line in done.stdout.splitlines() if "Try it:" in line)
+    answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60, check=True)
+    probabilities = json.loads(answer.stdout)["predictions"][0]
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
+    assert (tmp_path / ".shipyard" / "mlflow.db").exists()
+
+    rerun = _shipyard("demo")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    combined = rerun.stdout + rerun.stderr
+    assert "cache hit: dataset digits" in combined and "cache hit: training" in combined
+    assert "version 1 (champion)" in rerun.stdout
+
+
+def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dict[str, int]) -> None:
+    up = _shipyard("up")
+    assert up.returncode == 0, up.stderr[-3000:]
+    prefect_url = f"http://127.0.0.1:{local_ports['SHIPYARD_PREFECT_PORT']}"
+    assert f"Prefect UI:  {prefect_url}" in up.stdout
+    assert httpx.get(f"http://127.0.0.1:{local_ports['SHIPYARD_MLFLOW_UI_PORT']}/health").is_success
+
+    # What the Run button does: create a flow run of the deployment; the worker picks it up.
+    env = {**os.environ, "PREFECT_API_URL": f"{prefect_url}/api"}
+    run = subprocess.run([PREFECT, "deployment", "run", "pipeline-flow/local", "--param",
+                          'training={"epochs": 2, "hidden_units": 32}', "--watch", "--watch-timeout", "400"],
+                         capture_output=True, text=True, timeout=500, env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "Completed" in run.stdout
+    endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
+    assert httpx.get(f"{endpoint}/version").json()["model_name"] == "digits-classifier"
+
+    status = _shipyard("status")
+    assert re.search(r"worker:\s+running", status.stdout) and re.search(r"inference:\s+running", status.stdout)
+    down = _shipyard("down")
+    assert down.returncode == 0
+    assert "inference" in down.stdout and "prefect-server" in down.stdout
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{prefect_url}/api/health", timeout=2)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{endpoint}/ping", timeout=2)
