@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -30,6 +31,7 @@ class PreemptionGuard:
 
     def __init__(self) -> None:
         self.requested = False
+        self.on_signal: Callable[[], None] | None = None  # e.g. forward the signal to child processes
         self._previous: Any = None
         self._installed = False
 
@@ -43,6 +45,8 @@ class PreemptionGuard:
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+        if self.on_signal is not None:
+            self.on_signal()
 
     def restore(self) -> None:
         """Put back the SIGTERM handler that was there before."""
