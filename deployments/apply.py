@@ -39,7 +39,7 @@ def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerD
     )
     # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
     deployment.entrypoint = spec.entrypoint
-    deployment._path = str(path)  # noqa: SLF001 - RunnerDeployment has no public setter for its working dir
+    deployment._path = str(path)
     return deployment
 
 

@@ -65,7 +65,7 @@ def spawn(home: Path, name: str, cmd: Sequence[str], *, health_url: str | None, 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env,  # noqa: S603
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     service = Service(name=name, pid=proc.pid, url=url, log_path=str(log_path), info=info or {})
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shipyard.errors import RegistryError
-from shipyard.settings import Settings
+from shipyard.settings import Settings, redact
 from shipyard.storage import Store
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,9 @@ def translate(uri: str) -> Iterator[None]:
         raise
     except MlflowException as exc:
         first = str(exc.message).strip().splitlines()[0] if exc.message else type(exc).__name__
-        raise RegistryError(f"MLflow at {uri} ({SETTING}) failed: {first[:300]}") from exc
+        raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) failed: {first[:300]}") from exc
     except (OSError, ConnectionError) as exc:
-        raise RegistryError(f"MLflow at {uri} ({SETTING}) is unreachable: {exc}") from exc
+        raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) is unreachable: {exc}") from exc
 
 
 def client(settings: Settings) -> Any:
@@ -85,7 +85,7 @@ def check(settings: Settings) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as resp:  # noqa: S310 (http(s) only)
             resp.read()
     except OSError as exc:
-        raise RegistryError(f"MLflow at {uri} ({SETTING}) is unreachable: {getattr(exc, 'reason', exc)}") from exc
+        raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) is unreachable: {getattr(exc, 'reason', exc)}") from exc
 
 
 def ensure_experiment(mlflow_client: Any, settings: Settings, store: Store) -> str:

@@ -6,6 +6,7 @@ are flow parameters, not settings (see ``shipyard.params``).
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 
@@ -100,6 +101,11 @@ class Settings(BaseSettings):
     def is_local_mlflow(self) -> bool:
         """Tell whether MLflow is the embedded SQLite database rather than a server."""
         return self.resolved_mlflow_uri().startswith("sqlite:")
+
+
+def redact(uri: str) -> str:
+    """Return ``uri`` without any user:password part, for messages and logs."""
+    return re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1***@", uri)
 
 
 def load_settings() -> Settings:

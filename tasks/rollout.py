@@ -8,7 +8,8 @@ from prefect.logging import get_run_logger
 
 from shipyard.params import RolloutParams
 from shipyard.registry import Registration
-from shipyard.serving.local import Rollout, roll_out as roll_out_locally
+from shipyard.serving.local import Rollout
+from shipyard.serving.local import roll_out as roll_out_locally
 from shipyard.settings import load_settings
 
 

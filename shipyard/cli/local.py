@@ -11,7 +11,7 @@ from typing import Any
 from shipyard import processes
 from shipyard.cli.runtime import local_prefect_url
 from shipyard.errors import ShipyardError
-from shipyard.settings import Settings, load_settings, settings_table
+from shipyard.settings import Settings, load_settings, redact, settings_table
 
 SERVICES = ("worker", "mlflow-ui", "prefect-server")  # stop order: dependants first
 
@@ -105,7 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{name:32} {default or '-':22} {description}")
         return 0
     print(f"Store:        {settings.resolved_store_uri()}")
-    print(f"MLflow:       {settings.resolved_mlflow_uri()}")
+    print(f"MLflow:       {redact(settings.resolved_mlflow_uri())}")
     print(f"Train mode:   {settings.train_mode.value}")
     for name in ("prefect-server", "mlflow-ui", "worker", "inference"):
         service = processes.find(settings.home, name)

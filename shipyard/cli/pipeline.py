@@ -118,7 +118,8 @@ def _failure(state: Any) -> Exception:
 
 
 def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None:
-    mlflow_ui = f"http://127.0.0.1:{settings.mlflow_ui_port}" if settings.is_local_mlflow() else settings.resolved_mlflow_uri()
+    mlflow_ui = (f"http://127.0.0.1:{settings.mlflow_ui_port}" if settings.is_local_mlflow()
+                 else redact(settings.resolved_mlflow_uri()))
     lines = [
         "",
         f"Dataset:     {result.dataset}@{result.dataset_version}",

@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-uri", required=True, help="models:/name/version or any MLflow model URI")
     parser.add_argument("--model-name", default="", help="name reported by GET /version")
     parser.add_argument("--model-version", default="", help="version reported by GET /version")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI, which MLflow reads itself)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5055)
     args = parser.parse_args(argv)

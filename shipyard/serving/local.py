@@ -57,11 +57,12 @@ def start(settings: Settings, model_name: str, version: str, tracking_uri: str, 
     model_uri = f"models:/{model_name}/{version}"
     url = f"http://{settings.inference_host}:{settings.inference_port}"
     cmd = [sys.executable, "-m", "shipyard.serving", "--model-uri", model_uri, "--model-name", model_name,
-           "--model-version", version, "--tracking-uri", tracking_uri,
-           "--host", settings.inference_host, "--port", str(settings.inference_port)]
+           "--model-version", version, "--host", settings.inference_host, "--port", str(settings.inference_port)]
+    # The tracking URI may carry credentials: hand it over in the environment, not on the command line.
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
     if processes.answers(f"{url}/ping"):
         raise ServingError(f"port {settings.inference_port} is taken by another server (set SHIPYARD_INFERENCE_PORT)")
-    return processes.spawn(settings.home, NAME, cmd, health_url=f"{url}/ping", url=url, timeout=timeout,
+    return processes.spawn(settings.home, NAME, cmd, health_url=f"{url}/ping", url=url, env=env, timeout=timeout,
                            info={"model_name": model_name, "model_version": version, "model_uri": model_uri},
                            error=ServingError)
 

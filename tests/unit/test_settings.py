@@ -75,3 +75,15 @@ def test_no_module_but_settings_reads_environment_variables() -> None:
                 continue
             offenders += [f"{path.relative_to(REPO)}:{n}" for n in _reads_environment(ast.parse(path.read_text()))]
     assert offenders == []
+
+
+def test_credentials_in_a_uri_never_reach_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard import registry
+    from shipyard.errors import RegistryError
+    from tests.servers import free_port
+
+    monkeypatch.setenv("SHIPYARD_MLFLOW_TRACKING_URI", f"http://alice:hunter2@127.0.0.1:{free_port()}")
+    with pytest.raises(RegistryError) as info:
+        registry.check(load_settings())
+    assert "hunter2" not in str(info.value) and "alice" not in str(info.value)
+    assert "SHIPYARD_MLFLOW_TRACKING_URI" in str(info.value)
