@@ -130,6 +130,25 @@ class Store:
             if self.fs.exists(self.path(*parts)):
                 self.fs.rm(self.path(*parts), recursive=recursive)
 
+    def s3_client(self, max_pool_connections: int = 32) -> Any:
+        """Build a boto3 client with this store's credentials, endpoint and retry policy (S3 stores only).
+
+        Bulk transfers use it from many threads at once: boto3 clients are thread-safe, and checksummed
+        uploads (``ChecksumSHA256``) need no payload signature, which saves a SHA-256 pass over every byte.
+        """
+        import boto3
+        from botocore.config import Config
+
+        if self.is_local:
+            raise StoreError(f"{self.uri} is a local directory, not S3 ({SETTING})")
+        fs: Any = self.fs
+        config = {**(fs.config_kwargs or {}), "max_pool_connections": max_pool_connections,
+                  "s3": {"payload_signing_enabled": False}}
+        kwargs = {k: v for k, v in {"aws_access_key_id": fs.key, "aws_secret_access_key": fs.secret,
+                                    "aws_session_token": fs.token, "endpoint_url": fs.endpoint_url}.items() if v}
+        kwargs.update(fs.client_kwargs or {})
+        return boto3.session.Session().client("s3", config=Config(**config), **kwargs)
+
     def check(self) -> None:
         """Fail with one line naming the URI and the setting if the store cannot be reached."""
         with self._errors():

@@ -6,11 +6,15 @@ Store layout::
     datasets/<name>/versions/<version>.json    the manifest, written last and create-only
 
 A version id derives from the manifest's file list (relative path, size, SHA-256), so the same content
-always gives the same id, and a manifest is never overwritten.
+always gives the same id, and a manifest is never overwritten. See docs/datasets.md.
 """
 
+from shipyard.datasets.diff import DatasetDiff, diff
 from shipyard.datasets.manifest import FileEntry, Manifest
-from shipyard.datasets.stage import StageResult, list_versions, load_manifest, stage
 from shipyard.datasets.pull import pull
+from shipyard.datasets.stage import StageProgress, StageResult, stage
+from shipyard.datasets.transfer import StageOptions
+from shipyard.datasets.versions import list_datasets, list_versions, load_manifest, resolve_version
 
-__all__ = ["FileEntry", "Manifest", "StageResult", "list_versions", "load_manifest", "pull", "stage"]
+__all__ = ["DatasetDiff", "FileEntry", "Manifest", "StageOptions", "StageProgress", "StageResult", "diff",
+           "list_datasets", "list_versions", "load_manifest", "pull", "resolve_version", "stage"]

@@ -1,0 +1,228 @@
+"""Content-addressed objects on S3: checksummed single and multipart uploads, verified before they count.
+
+Every request carries ``x-amz-checksum-sha256`` for its body, so servers that check it (AWS, SeaweedFS,
+MinIO) refuse a corrupted body outright. The answer is checked too: the SHA-256 the server echoes or, from
+servers that echo none (moto), the ETag against the body's MD5; with neither, the object is read back. A
+mismatch is uploaded again; botocore's standard retry mode already retries 5xx, SlowDown and dropped
+connections with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shipyard.datasets.manifest import object_key
+from shipyard.datasets.source import Source, SourceFile
+from shipyard.datasets.transfer import Blob, ByteBudget, StageOptions, check_unchanged
+from shipyard.errors import DatasetError, StoreError
+from shipyard.storage import Store
+
+log = logging.getLogger(__name__)
+
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What one request stored, as far as the server's answer lets us check it."""
+
+    sha256: bytes
+    md5: bytes | None
+    ok: bool | None  # None: the answer carries nothing to check against (the object is read back)
+
+
+class S3Objects:
+    """Write content-addressed objects into an S3 store from many threads."""
+
+    def __init__(self, store: Store, source: Source, options: StageOptions, budget: ByteBudget,
+                 on_bytes: Callable[[int], None]) -> None:
+        self.store, self.source, self.options, self.budget, self.on_bytes = store, source, options, budget, on_bytes
+        self.client = store.s3_client(max_pool_connections=options.jobs + 4)
+        self.bucket, _, prefix = store.root.partition("/")
+        self.prefix = prefix.strip("/")
+
+    def key(self, sha256: str) -> str:
+        """Return the object key of a hash."""
+        return "/".join(p for p in (self.prefix, *object_key(sha256)) if p)
+
+    def exists(self, blob: Blob) -> bool:
+        """Tell whether the object is already stored with the right size."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key(blob.sha256))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return int(head["ContentLength"]) == blob.file.size
+
+    def put(self, blob: Blob) -> int:
+        """Upload a small file in one request; return the bytes stored (0 if it was already there)."""
+        with self._boundary(blob):
+            return self._put(blob)
+
+    def put_large(self, blob: Blob, parts_pool: Executor) -> int:
+        """Upload a large file as a multipart upload with parts in parallel; return the bytes stored."""
+        with self._boundary(blob):
+            return self._put_large(blob, parts_pool)
+
+    @contextmanager
+    def _boundary(self, blob: Blob) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"{blob.file.rel}: upload to s3://{self.bucket}/{self.key(blob.sha256)} failed "
+                             f"after retries: {reason}") from exc
+
+    def _put(self, blob: Blob) -> int:
+        file = blob.file
+        with self.budget.hold(file.size):
+            data = self.source.read_range(file, 0, file.size)
+            if len(data) != file.size or hashlib.sha256(data).hexdigest() != blob.sha256:
+                raise DatasetError(f"{file.rel}: changed while staging; stage again")
+            for attempt in range(self.options.verify_attempts):
+                extra = {"IfNoneMatch": "*"} if attempt == 0 else {}  # a retry overwrites the bad copy
+                try:
+                    answer = self.client.put_object(Bucket=self.bucket, Key=self.key(blob.sha256), Body=data,
+                                                    ChecksumSHA256=_b64(bytes.fromhex(blob.sha256)), **extra)
+                except ClientError as exc:
+                    if _code(exc) == "PreconditionFailed":
+                        return 0
+                    if _code(exc) != "BadDigest":
+                        raise
+                    continue
+                if self._verified(answer, data, blob.sha256):
+                    self.on_bytes(file.size)
+                    return file.size
+                log.warning("object %s for %s failed its integrity check; uploading again", blob.sha256, file.rel)
+        self._discard(blob)
+        raise self._corrupted(file)
+
+    def _put_large(self, blob: Blob, parts_pool: Executor) -> int:
+        if self.exists(blob):
+            return 0
+        key = self.key(blob.sha256)
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                        ChecksumAlgorithm="SHA256")["UploadId"]
+        futures: list[Future[tuple[dict[str, Any], _Sent]]] = []
+        try:
+            for number, (offset, length) in enumerate(_parts(blob.file.size, self.options.part_size), 1):
+                futures.append(parts_pool.submit(self._part, blob, upload_id, number, offset, length))
+            done = [f.result() for f in futures]
+            created = self._complete(blob, upload_id, done)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            self._abort(key, upload_id)
+            raise
+        check_unchanged(blob.file)
+        return blob.file.size if created else 0
+
+    def _part(self, blob: Blob, upload_id: str, number: int, offset: int, length: int) -> tuple[dict[str, Any], _Sent]:
+        with self.budget.hold(length):
+            data = self.source.read_range(blob.file, offset, length)
+            if len(data) != length:
+                raise DatasetError(f"{blob.file.rel}: changed while staging; stage again")
+            digest = hashlib.sha256(data).digest()
+            for _ in range(self.options.verify_attempts):
+                try:
+                    answer = self.client.upload_part(Bucket=self.bucket, Key=self.key(blob.sha256), UploadId=upload_id,
+                                                     PartNumber=number, Body=data, ChecksumSHA256=_b64(digest))
+                except ClientError as exc:
+                    if _code(exc) == "BadDigest":
+                        continue
+                    raise
+                sent = _check_answer(answer, data, digest)
+                if sent.ok is not False:
+                    self.on_bytes(length)
+                    part = {"PartNumber": number, "ETag": answer["ETag"]}
+                    if answer.get("ChecksumSHA256"):
+                        part["ChecksumSHA256"] = answer["ChecksumSHA256"]
+                    return part, sent
+                log.warning("part %d of %s failed its integrity check; uploading it again", number, blob.file.rel)
+        raise self._corrupted(blob.file)
+
+    def _complete(self, blob: Blob, upload_id: str, done: list[tuple[dict[str, Any], _Sent]]) -> bool:
+        try:
+            answer = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key(blob.sha256), UploadId=upload_id, IfNoneMatch="*",
+                MultipartUpload={"Parts": [part for part, _ in done]})
+        except ClientError as exc:
+            if _code(exc) == "PreconditionFailed":  # a concurrent staging stored it first: same bytes
+                self._abort(self.key(blob.sha256), upload_id)
+                return False
+            raise
+        count = f"-{len(done)}"
+        if answer.get("ChecksumSHA256"):
+            ok = answer["ChecksumSHA256"] == _b64(hashlib.sha256(b"".join(s.sha256 for _, s in done)).digest()) + count
+        elif all(s.md5 is not None for _, s in done) and _MD5.match(answer.get("ETag", "").strip('"').split("-")[0]):
+            ok = answer["ETag"].strip('"') == hashlib.md5(b"".join(s.md5 or b"" for _, s in done)).hexdigest() + count
+        else:
+            ok = self._read_back(blob.sha256)
+        if not ok:
+            self._discard(blob)
+            raise self._corrupted(blob.file)
+        return True
+
+    def _verified(self, answer: dict[str, Any], data: bytes, sha256: str) -> bool:
+        ok = _check_answer(answer, data, bytes.fromhex(sha256)).ok
+        return self._read_back(sha256) if ok is None else ok
+
+    def _read_back(self, sha256: str) -> bool:
+        """Hash the stored object (for servers that echo neither a checksum nor an MD5 ETag)."""
+        digest = hashlib.sha256()
+        body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
+        for chunk in body.iter_chunks(2**20):
+            digest.update(chunk)
+        return digest.hexdigest() == sha256
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:  # the upload stays invisible; a lifecycle rule reaps it
+            log.warning("could not abort multipart upload %s of %s: %s", upload_id, key, exc)
+
+    def _discard(self, blob: Blob) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(blob.sha256))
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not remove corrupted object %s: %s", self.key(blob.sha256), exc)
+
+    def _corrupted(self, file: SourceFile) -> StoreError:
+        return StoreError(f"{file.rel}: the store kept different bytes than were sent, "
+                          f"{self.options.verify_attempts} times in a row (s3://{self.bucket}/{self.prefix}); "
+                          "nothing was published, stage again")
+
+
+def _check_answer(answer: dict[str, Any], data: bytes, digest: bytes) -> _Sent:
+    echoed = answer.get("ChecksumSHA256")
+    if echoed:
+        return _Sent(sha256=digest, md5=None, ok=echoed == _b64(digest))
+    etag = str(answer.get("ETag", "")).strip('"')
+    if _MD5.match(etag):
+        md5 = hashlib.md5(data).digest()
+        return _Sent(sha256=digest, md5=md5, ok=etag == md5.hex())
+    return _Sent(sha256=digest, md5=None, ok=None)
+
+
+def _parts(size: int, part_size: int) -> list[tuple[int, int]]:
+    part = max(part_size, -(-size // 10_000))  # S3 allows at most 10,000 parts
+    return [(offset, min(part, size - offset)) for offset in range(0, size, part)]
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,102 @@
+"""Find the files of a dataset source (local directory, glob or fsspec URI) and check their names."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from shipyard.errors import DatasetError
+
+# Characters a dataset path may hold: no control characters, no backslashes (Windows separators would let
+# 'a\..\..\x' escape on pull), and no empty or dot components (checked separately).
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source: where to read it and what it will be called in the dataset."""
+
+    path: str
+    rel: str
+    size: int
+    stat: tuple[int, int, int, int, int] | None = None  # (dev, inode, size, mtime_ns, ctime_ns), local only
+
+
+@dataclass(frozen=True)
+class Source:
+    """A listed source: its filesystem and files, sorted by name."""
+
+    uri: str
+    fs: fsspec.AbstractFileSystem
+    files: list[SourceFile]
+
+    @property
+    def is_local(self) -> bool:
+        """Tell whether the files are on local disk (readable with plain ``open``)."""
+        return isinstance(self.fs, LocalFileSystem)
+
+    def open(self, file: SourceFile) -> IO[bytes]:
+        """Open a file for reading bytes."""
+        if self.is_local:
+            return open(file.path, "rb")  # noqa: SIM115 - the caller closes it
+        handle: IO[bytes] = self.fs.open(file.path, "rb")
+        return handle
+
+    def read_range(self, file: SourceFile, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` without reading the rest of the file."""
+        if self.is_local:
+            fd = os.open(file.path, os.O_RDONLY)
+            try:
+                return os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        data: bytes = self.fs.cat_file(file.path, start=offset, end=offset + length)
+        return data
+
+
+def check_name(rel: str, where: str) -> None:
+    """Fail unless ``rel`` is a plain relative path that stays inside the dataset prefix."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in {"", ".", ".."} for p in parts) or _BAD_CHARS.search(rel):
+        raise DatasetError(f"file name {where!r} would escape the dataset prefix or is not a plain relative path "
+                           "(rename it: no '..', '.', empty parts, backslashes or control characters)")
+
+
+def list_source(source: str) -> Source:
+    """List the files of ``source``; hidden files ('.' or '_' prefixed) are left out."""
+    fs, root = fsspec.core.url_to_fs(source)
+    root = root.rstrip("/") or root
+    if any(ch in root for ch in "*?["):
+        paths = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        base = root.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rsplit("/", 1)[0]
+    elif fs.isdir(root):
+        paths, base = sorted(fs.find(root)), root
+    elif fs.isfile(root):
+        paths, base = [root], root.rsplit("/", 1)[0]
+    else:
+        raise DatasetError(f"dataset source {source} does not exist (give a directory, glob or fsspec URI)")
+    files = [_source_file(fs, base, p) for p in paths if not _hidden(p, base)]
+    if not files:
+        raise DatasetError(f"dataset source {source} holds no files (an empty dataset cannot be staged)")
+    return Source(uri=source, fs=fs, files=files)
+
+
+def _hidden(path: str, base: str) -> bool:
+    rel = path[len(base) :].lstrip("/")
+    return any(part.startswith((".", "_")) and part not in {".", ".."} for part in rel.split("/"))
+
+
+def _source_file(fs: fsspec.AbstractFileSystem, base: str, path: str) -> SourceFile:
+    rel = path[len(base) :].lstrip("/") if path.startswith(base + "/") else path
+    check_name(rel, path)
+    if isinstance(fs, LocalFileSystem):
+        st = os.stat(path)
+        stat = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return SourceFile(path=path, rel=rel, size=st.st_size, stat=stat)
+    info: dict[str, Any] = fs.info(path)
+    return SourceFile(path=path, rel=rel, size=int(info["size"]))

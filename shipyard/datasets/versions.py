@@ -1,0 +1,73 @@
+"""Read published versions: load a manifest, list versions and datasets, resolve 'latest' or a short id."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+from pydantic import ValidationError
+
+from shipyard.datasets.manifest import FileEntry, Manifest, manifest_key
+from shipyard.errors import DatasetError, StoreError
+from shipyard.storage import Store
+
+
+def load_manifest(store: Store, name: str, version: str) -> Manifest:
+    """Read a version's manifest, naming the dataset, version and store if it is missing."""
+    try:
+        data = store.read_bytes(*manifest_key(name, version))
+    except StoreError as exc:
+        if not store.exists(*manifest_key(name, version)):
+            raise DatasetError(
+                f"dataset '{name}' has no version {version} under {store.url('datasets', name)} "
+                f"(list versions with: shipyard data ls {name})"
+            ) from exc
+        raise
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise DatasetError(f"manifest {store.url(*manifest_key(name, version))} is not a valid manifest: "
+                           f"{exc.errors()[0]['msg']}") from exc
+
+
+def version_ids(store: Store, name: str) -> list[str]:
+    """Return the ids of a dataset's versions, in no particular order."""
+    return [n.removesuffix(".json") for n in store.list("datasets", name, "versions") if n.endswith(".json")]
+
+
+def list_versions(store: Store, name: str, pool: Executor | None = None) -> list[Manifest]:
+    """Return a dataset's versions, oldest first."""
+    ids = version_ids(store, name)
+    if pool is None:
+        manifests = [load_manifest(store, name, v) for v in ids]
+    else:
+        manifests = list(pool.map(lambda v: load_manifest(store, name, v), ids))
+    return sorted(manifests, key=lambda m: m.created_at)
+
+
+def list_datasets(store: Store) -> list[str]:
+    """Return the names of the datasets in the store."""
+    return [n for n in store.list("datasets") if version_ids(store, n)]
+
+
+def resolve_version(store: Store, name: str, ref: str) -> str:
+    """Turn 'latest', a full id or a unique prefix of one into a version id."""
+    ids = version_ids(store, name)
+    if not ids:
+        raise DatasetError(f"dataset '{name}' has no versions under {store.url('datasets', name)} "
+                           "(stage one with: shipyard data stage NAME SOURCE)")
+    if ref == "latest":
+        return list_versions(store, name)[-1].version
+    matches = [v for v in ids if v.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    problem = "matches several versions" if matches else "matches no version"
+    raise DatasetError(f"'{ref}' {problem} of dataset '{name}' (list versions with: shipyard data ls {name})")
+
+
+def known_entries(store: Store, name: str, pool: Executor) -> dict[str, FileEntry]:
+    """Map each SHA-256 in any published version of ``name`` to its entry.
+
+    A manifest is written only after all its objects are stored and verified, and objects are never
+    removed, so these objects need no existence check and their format summary can be reused.
+    """
+    return {entry.sha256: entry for manifest in list_versions(store, name, pool) for entry in manifest.files}
