@@ -20,6 +20,7 @@ class DeploymentSpec:
     pool_setting: str = field(metadata={"help": "name of the Settings field holding the work pool"})
     description: str
     cron: str | None = None
+    job_template: str | None = None  # base job template in deployments/templates/ for the pool
     job_variables: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
 
@@ -48,7 +49,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
                    cron="0 2 * * *", tags=("cluster",)),
     DeploymentSpec("flows/train.py:train_flow", "cluster", "train_work_pool",
                    "Training on the EKS train node group's GPUs (launched by pipeline-flow/cluster).",
-                   tags=("cluster", "gpu")),
+                   job_template="gpu-train", tags=("cluster", "gpu")),
 )
 
 

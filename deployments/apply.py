@@ -18,6 +18,7 @@ from shipyard.settings import Settings
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+IMAGE_WORKDIR = Path("/opt/shipyard")  # WORKDIR of infra/docker/Dockerfile
 
 
 def ensure_pool(name: str, pool_type: str, base_job_template: dict[str, Any]) -> None:
@@ -34,7 +35,7 @@ def ensure_pool(name: str, pool_type: str, base_job_template: dict[str, Any]) ->
 
 def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerDeployment:
     deployment = RunnerDeployment.from_entrypoint(
-        str(path / spec.entrypoint), name=spec.environment, cron=spec.cron, description=spec.description,
+        str(REPO_ROOT / spec.entrypoint), name=spec.environment, cron=spec.cron, description=spec.description,
         tags=list(spec.tags), work_pool_name=spec.work_pool(settings), job_variables=dict(spec.job_variables),
     )
     # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
@@ -50,5 +51,29 @@ def deploy_local(settings: Settings) -> list[str]:
     names = []
     for spec in for_environment("local"):
         _deployment(spec, settings, REPO_ROOT).apply()
+        names.append(spec.full_name)
+    return names
+
+
+def _cluster_pool_template(spec: DeploymentSpec) -> dict[str, Any]:
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    from deployments import job_template
+
+    if spec.job_template is not None:
+        return job_template.load(spec.job_template)
+    return KubernetesWorker.get_default_base_job_template()
+
+
+def deploy_cluster(settings: Settings) -> list[str]:
+    """Create the Kubernetes work pools and the cluster deployments; return their names."""
+    names = []
+    for spec in for_environment("cluster"):
+        pool = spec.work_pool(settings)
+        ensure_pool(pool, "kubernetes", _cluster_pool_template(spec))
+        deployment = _deployment(spec, settings, IMAGE_WORKDIR)
+        deployment.job_variables = {"image": settings.image, "namespace": settings.kube_namespace,
+                                    **deployment.job_variables}
+        deployment.apply()
         names.append(spec.full_name)
     return names

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from shipyard import processes
-from shipyard.cli.runtime import local_prefect_url
-from shipyard.errors import ShipyardError
+from shipyard.cli.runtime import choose_prefect_api, local_prefect_url
+from shipyard.errors import ConfigError, ShipyardError
 from shipyard.settings import Settings, load_settings, redact, settings_table
 
 SERVICES = ("worker", "mlflow-ui", "prefect-server")  # stop order: dependants first
@@ -24,6 +24,12 @@ def register(sub: Any) -> None:
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop everything 'up' and the pipeline started (inference server too)")
     down.set_defaults(func=cmd_down)
+    deploy = sub.add_parser("deploy", help="create the work pools and deployments of an environment",
+                            description="Create the work pools and deployments of an environment on the Prefect "
+                            "server named by SHIPYARD_PREFECT_API_URL (cluster: Kubernetes pools with Shipyard's "
+                            "base job templates, deployments running SHIPYARD_IMAGE).")
+    deploy.add_argument("environment", choices=["local", "cluster"])
+    deploy.set_defaults(func=cmd_deploy)
     status = sub.add_parser("status", help="show settings, running services, datasets and the champion")
     status.add_argument("--settings", action="store_true", help="list every SHIPYARD_* setting and exit")
     status.set_defaults(func=cmd_status)
@@ -83,6 +89,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     if settings.is_local_mlflow():
         print(f"MLflow UI:   http://127.0.0.1:{settings.mlflow_ui_port}")
     print("Run the pipeline from the UI (Deployments > pipeline-flow/local > Run), or: shipyard run")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Create one environment's pools and deployments on the configured Prefect server."""
+    settings = load_settings()
+    if choose_prefect_api(settings) is None:
+        raise ConfigError("no Prefect server to deploy to: set SHIPYARD_PREFECT_API_URL or run 'shipyard up'")
+    from deployments.apply import deploy_cluster, deploy_local
+
+    names = deploy_cluster(settings) if args.environment == "cluster" else deploy_local(settings)
+    print("Deployed: " + ", ".join(names))
     return 0
 
 
