@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Servers the tests start inherit these: no telemetry calls (there is no internet here anyway), and no
+# telemetry writes racing the Prefect test server's SQLite database at start-up ("database is locked").
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "true"
+
 # Variables that would point a test at a developer's real services or credentials.
 _LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "KUBECONFIG")
 
