@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from uuid import UUID
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -9,7 +12,7 @@ from prefect.logging import get_run_logger
 
 from shipyard import datasets
 from shipyard.datasets.demo import write_demo_source
-from shipyard.datasets.report import manifest_markdown
+from shipyard.datasets.report import manifest_markdown, totals
 from shipyard.params import DatasetParams
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
@@ -17,6 +20,24 @@ from tasks.retry import transient_only
 
 # Caching is content-addressed in the store itself (same bytes, same version), which survives
 # across machines and Prefect servers; Prefect's input-hash cache would add nothing.
+
+# Share of the progress bar each phase fills: hashing, reading formats, uploading.
+PHASES = {"hash": (0.0, 40.0), "inspect": (40.0, 50.0), "upload": (50.0, 100.0)}
+
+
+class _ProgressArtifact:
+    """Mirror staging progress into a Prefect progress artifact, one update per whole percent."""
+
+    def __init__(self, artifact_id: UUID | None) -> None:
+        self.artifact_id = artifact_id
+        self.shown = -1
+
+    def __call__(self, event: datasets.StageProgress) -> None:
+        start, end = PHASES.get(event.phase, (0.0, 100.0))
+        percent = int(start + (end - start) * event.fraction)
+        if self.artifact_id is not None and percent > self.shown:
+            self.shown = percent
+            update_progress_artifact(self.artifact_id, float(percent))
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
@@ -29,19 +50,16 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     source = dataset.source
     if source == "demo":
         source = str(write_demo_source(settings.home / "demo" / "digits").resolve())
-    progress_id = create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}")
-
-    def progress(done: int, total: int) -> None:
-        if progress_id is not None and (done == total or done % max(1, total // 20) == 0):
-            update_progress_artifact(progress_id, 100.0 * done / total)
-
-    result = datasets.stage(store, dataset.name, source, progress=progress)
+    progress = _ProgressArtifact(create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}"))
+    result = datasets.stage(store, dataset.name, source, progress=progress,
+                            hash_cache=settings.home / "cache" / "hashes.sqlite")
+    progress(datasets.StageProgress("upload", 1, 1))
     if result.created:
-        logger.info("staged %s version %s: %d files, %d bytes uploaded", dataset.name, result.version,
-                    result.files_uploaded, result.bytes_uploaded)
+        logger.info("staged %s version %s (%s): %d objects, %d bytes uploaded", dataset.name, result.version,
+                    totals(result.manifest), result.files_uploaded, result.bytes_uploaded)
     else:
-        logger.info("cache hit: dataset %s version %s already staged (%d bytes uploaded)", dataset.name,
-                    result.version, result.bytes_uploaded)
+        logger.info("cache hit: dataset %s version %s already staged (0 bytes uploaded)", dataset.name, result.version)
+    key = "dataset-" + re.sub(r"[^a-z0-9-]", "-", dataset.name)  # artifact keys allow only [a-z0-9-]
     create_markdown_artifact(manifest_markdown(result.manifest, store.url("datasets", dataset.name)),
-                             key=f"dataset-{dataset.name}", description=f"{dataset.name}@{result.version}")
+                             key=key, description=f"{dataset.name}@{result.version}")
     return result.manifest
