@@ -62,7 +62,8 @@ def _cluster_pool_template(spec: DeploymentSpec) -> dict[str, Any]:
 
     if spec.job_template is not None:
         return job_template.load(spec.job_template)
-    return KubernetesWorker.get_default_base_job_template()
+    template: dict[str, Any] = KubernetesWorker.get_default_base_job_template()
+    return template
 
 
 def deploy_cluster(settings: Settings) -> list[str]:

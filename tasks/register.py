@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from shipyard import registry
+from shipyard.errors import RegistryError
 from shipyard.params import RegisterParams
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
@@ -43,6 +44,8 @@ def register_model(result: TrainResult, params: RegisterParams) -> registry.Regi
     with registry.translate(settings.resolved_mlflow_uri()):
         promoted = registry.promote_if_better(client, params.model_name, version, params.metric, params.promotion_margin)
         champion = registry.champion(client, params.model_name)
+    if champion is None:  # promote_if_better always leaves a champion; someone removed it meanwhile
+        raise RegistryError(f"model {params.model_name} lost its '{registry.CHAMPION}' alias during registration")
     return registry.Registration(
         model_name=params.model_name, version=version, run_id=run_id, experiment_id=str(experiment_id),
         promoted=promoted, champion_version=str(champion.version), reused=reused,

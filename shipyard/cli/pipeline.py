@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from shipyard.cli.runtime import choose_prefect_api, ui_url
 from shipyard.errors import ConfigError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
-from shipyard.settings import Settings, load_settings
+from shipyard.settings import Settings, load_settings, redact
 
 SECTIONS: dict[str, type[Any]] = {
     "dataset": DatasetParams, "training": TrainParams, "registry": RegisterParams, "rollout": RolloutParams,

@@ -47,7 +47,8 @@ def create_app(model_uri: str, model_name: str, model_version: str, tracking_uri
         try:
             result = await asyncio.to_thread(scoring_server.invocations, body, content_type, model, input_schema)
         except MlflowException as exc:
-            return Response(content=exc.serialize_as_json(), status_code=exc.get_http_status_code(),
+            return Response(content=exc.serialize_as_json(),  # type: ignore[no-untyped-call]
+                            status_code=exc.get_http_status_code(),  # type: ignore[no-untyped-call]
                             media_type="application/json")
         return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
 
