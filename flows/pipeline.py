@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.train import train_flow
+from flows.train import run_training
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.pipeline import PipelineResult
 from tasks.register import register_model
@@ -28,7 +28,7 @@ def pipeline_flow(
     4. Roll out: serve the champion, smoke-test one prediction, roll back on failure.
     """
     manifest = stage_dataset(dataset)
-    trained = train_flow(dataset.name, manifest.version, training)
+    trained = run_training(dataset.name, manifest.version, training)
     registration = register_model(trained, registry)
     served = roll_out(registration, rollout)
     return PipelineResult.build(manifest, trained, registration, served, str(flow_run.get_id()))

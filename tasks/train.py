@@ -1,18 +1,36 @@
-"""Task: train a model on a staged dataset version (in this process, on the best local device)."""
+"""Tasks: train in this process (or as torchrun workers on a multi-GPU node), or on the GPU work pool."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.logging import get_run_logger
+import base64
+import time
+from typing import Any
+from uuid import UUID
 
-from shipyard import datasets
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import State
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Cancelling, Failed
+
+from shipyard import datasets, kube
+from shipyard.errors import KubeError, TrainingError
 from shipyard.params import TrainParams
-from shipyard.settings import load_settings
+from shipyard.settings import Settings, load_settings
 from shipyard.storage import filesystem
-from shipyard.training import EpochMetrics, TrainResult, cached_result, train, training_key
+from shipyard.training import EpochMetrics, TrainResult, cached_result, load_recipe, train, training_key
+from shipyard.training.curves import curves_png
+from shipyard.training.distributed import processes_for, visible_gpus
+from shipyard.training.launch import run_workers
 from tasks.retry import transient_only
+
+# How often the pipeline looks at the training run it launched (and at the training pod's scheduling).
+POLL_SECONDS = 3.0
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -27,17 +45,109 @@ def fit_model(dataset: str, dataset_version: str, params: TrainParams) -> TrainR
         logger.info("cache hit: training %s on %s@%s already finished (%s); not retraining",
                     key, dataset, dataset_version, cached.metrics)
         return cached
+    load_recipe(params.entrypoint, params)  # a bad entrypoint fails here, before any data moves
     data_dir = datasets.pull(store, dataset, dataset_version, settings.home / "cache" / "datasets")
+    nproc = processes_for(visible_gpus())
+    if nproc > 1:
+        run_workers(nproc, dataset, dataset_version, params, data_dir, on_line=logger.info)
+        result = cached_result(store, key)
+        if result is None:
+            raise TrainingError(f"training workers finished but wrote no result under {store.url('training', key)}")
+    else:
+        def on_epoch(entry: EpochMetrics) -> None:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in entry.metrics.items())
+            logger.info("epoch %d/%d train_loss=%.4f %s (%.2fs)", entry.epoch, params.epochs, entry.train_loss,
+                        shown, entry.seconds)
 
-    def on_epoch(entry: EpochMetrics) -> None:
-        shown = " ".join(f"{k}={v:.4f}" for k, v in entry.metrics.items())
-        logger.info("epoch %d/%d train_loss=%.4f %s (%.2fs)", entry.epoch, params.epochs, entry.train_loss,
-                    shown, entry.seconds)
+        result = train(store, dataset, dataset_version, params, data_dir, on_epoch=on_epoch)
+    _publish(result)
+    return result
 
-    result = train(store, dataset, dataset_version, params, data_dir, on_epoch=on_epoch)
+
+def _publish(result: TrainResult) -> None:
+    """Show the per-epoch metrics as a table and the curves as an image in the Prefect UI."""
     create_table_artifact(
         [{"epoch": h.epoch, "train_loss": round(h.train_loss, 5), **{k: round(v, 5) for k, v in h.metrics.items()}}
          for h in result.history],
-        key="training-metrics", description=f"training {key} on {result.device}",
+        key="training-metrics", description=f"training {result.key} on {result.device}",
     )
+    png = base64.b64encode(curves_png(result.history, title=f"training {result.key}")).decode()
+    device = result.gpu or result.device
+    create_markdown_artifact(
+        f"### Training {result.key} on {device} (x{result.world_size})\n\n![loss and accuracy](data:image/png;base64,{png})",
+        key="training-curves", description="loss and accuracy per epoch",
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def launch_training(dataset: str, dataset_version: str, params: TrainParams, deployment: str) -> TrainResult:
+    """Run the train deployment (GPU work pool), wait for it, and return what it trained."""
+    logger = get_run_logger()
+    settings = load_settings()
+    store = filesystem(settings)
+    key = training_key(dataset, dataset_version, params)
+    cached = cached_result(store, key)
+    if cached is not None:
+        logger.info("cache hit: training %s already finished; not launching %s", key, deployment)
+        return cached
+    parent = flow_run.get_id()
+    try:
+        child: Any = run_deployment(
+            deployment, timeout=0, idempotency_key=f"{parent}-train-{key}",
+            parameters={"dataset": dataset, "dataset_version": dataset_version,
+                        "training": params.model_dump(mode="json")})
+    except ObjectNotFound as exc:
+        raise TrainingError(f"deployment '{deployment}' not found on the Prefect server; apply the cluster "
+                            "deployments first (deployments table in deployments/__init__.py)") from exc
+    logger.info("launched %s run '%s' (%s); waiting for it", deployment, child.name, child.id)
+    final = _wait_for(child.id, UUID(str(parent)) if parent else None, _scheduling_watch(settings, child.id, logger))
+    if not final.is_completed():
+        raise TrainingError(f"training run '{child.name}' of {deployment} ended {final.name}: {final.message}")
+    result = cached_result(store, key)
+    if result is None:
+        raise TrainingError(f"training run '{child.name}' completed but {store.url('training', key)} has no result")
     return result
+
+
+def _scheduling_watch(settings: Settings, child_id: UUID, logger: Any) -> kube.SchedulingWatch | None:
+    try:
+        client = kube.client(settings.kube_namespace)
+    except KubeError as exc:
+        logger.warning("%s: a training pod that cannot be scheduled will not be detected", exc)
+        return None
+    return kube.SchedulingWatch(client, settings.kube_namespace, str(child_id))
+
+
+def _wait_for(child_id: UUID, parent_id: UUID | None, watch: kube.SchedulingWatch | None) -> State[Any]:
+    """Poll the child run until it ends; stop it if the pipeline is cancelled or its pod cannot be scheduled."""
+    with get_client(sync_client=True) as client:
+        try:
+            while True:
+                state = client.read_flow_run(child_id).state
+                if state is not None and state.is_final():
+                    return state
+                if parent_id is not None and _is_cancelled(client, parent_id):
+                    raise TrainingError(f"the pipeline run was cancelled; cancelled training run {child_id}")
+                if watch is not None and (state is None or state.is_scheduled() or state.is_pending()):
+                    watch.check()
+                time.sleep(POLL_SECONDS)
+        except KubeError as exc:
+            client.set_flow_run_state(child_id, Failed(message=str(exc)), force=True)
+            raise TrainingError(str(exc)) from exc
+        except BaseException as exc:  # cancellation arrives as TerminationSignal or our own TrainingError
+            _stop(client, child_id, f"the pipeline run stopped ({type(exc).__name__})")
+            raise
+
+
+def _is_cancelled(client: SyncPrefectClient, parent_id: UUID) -> bool:
+    state = client.read_flow_run(parent_id).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
+def _stop(client: SyncPrefectClient, child_id: UUID, why: str) -> None:
+    """Cancel the child: at once if nothing runs it yet, else through its worker (which deletes the Job)."""
+    state = client.read_flow_run(child_id).state
+    if state is None or state.is_final():
+        return
+    started = state.is_running() or state.is_pending()
+    client.set_flow_run_state(child_id, Cancelling(message=why) if started else Cancelled(message=why), force=True)
