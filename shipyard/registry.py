@@ -150,11 +150,18 @@ def _log_lineage(result: Any, store: Store) -> None:
 
     manifest_url = store.url("datasets", result.dataset, "versions", f"{result.dataset_version}.json")
     source = resolve_dataset_source(manifest_url)
-    mlflow.log_input(MetaDataset(source=source, name=result.dataset, digest=result.dataset_version), context="training")
+    dataset = MetaDataset(source=source, name=result.dataset, digest=result.dataset_version)  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="training")
 
 
 def _log_history(mlflow_client: Any, run_id: str, result: Any) -> None:
+    """Log per-epoch metrics (step = epoch), throughput, and the loss/accuracy curves as a PNG artifact."""
+    import tempfile
+    from pathlib import Path
+
     from mlflow.entities import Metric
+
+    from shipyard.training.curves import curves_png
 
     metrics = []
     for entry in result.history:
@@ -163,6 +170,11 @@ def _log_history(mlflow_client: Any, run_id: str, result: Any) -> None:
         metrics += [Metric(k, float(v), stamp, entry.epoch) for k, v in values.items()]
     metrics.append(Metric("samples_per_second", float(result.samples_per_second), 0, len(result.history)))
     mlflow_client.log_batch(run_id, metrics=metrics)
+    if result.history:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "training-curves.png"
+            png.write_bytes(curves_png(result.history, title=f"training {result.key} on {result.gpu or result.device}"))
+            mlflow_client.log_artifact(run_id, str(png))
 
 
 def log_and_register(mlflow_client: Any, settings: Settings, store: Store, result: Any, serving_model: Any,
@@ -177,7 +189,9 @@ def log_and_register(mlflow_client: Any, settings: Settings, store: Store, resul
     with translate(settings.resolved_mlflow_uri()):
         tags = {TAG_TRAIN_KEY: result.key, "shipyard.dataset": result.dataset,
                 "shipyard.dataset_version": result.dataset_version, "shipyard.device": result.device,
-                "shipyard.gpu": result.gpu or "none", "shipyard.model_url": result.model_url}
+                "shipyard.gpu": result.gpu or "none", "shipyard.model_url": result.model_url,
+                "shipyard.world_size": str(result.world_size),
+                "shipyard.resumed_from_step": str(result.resumed_from_step or "none")}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{result.key}", tags=tags) as run:
             mlflow.log_params(result.params.model_dump(mode="json"))
             _log_lineage(result, store)
