@@ -1,0 +1,50 @@
+"""Tracking: per-epoch metrics, device and curves reach MLflow and the Prefect UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.train import train_flow
+from shipyard import datasets
+from shipyard.datasets.demo import write_demo_source
+from shipyard.params import RegisterParams, TrainParams
+from shipyard.registry import Registration
+from shipyard.settings import load_settings
+from shipyard.storage import filesystem
+from tasks.register import register_model
+from tests.integration.conftest import S3
+
+
+@flow
+def train_and_register(version: str, model_name: str) -> Registration:
+    """Train locally, then register: the first two stages of the pipeline."""
+    trained = train_flow("digits", version, TrainParams(epochs=3))
+    return register_model(trained, RegisterParams(model_name=model_name))
+
+
+def test_metrics_device_and_curves_go_to_mlflow_and_the_prefect_ui(
+        s3: S3, mlflow_uri: str, prefect_api: str, model_name: str, tmp_path: Path) -> None:
+    version = datasets.stage(filesystem(load_settings()), "digits", str(write_demo_source(tmp_path / "d"))).version
+    registration = train_and_register(version, model_name)
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(registration.run_id)
+    assert run.data.tags["shipyard.device"] == "cpu" and run.data.tags["shipyard.gpu"] == "none"
+    assert run.data.tags["shipyard.world_size"] == "1"
+    history = client.get_metric_history(registration.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert len(client.get_metric_history(registration.run_id, "train_loss")) == 3
+    assert "training-curves.png" in [a.path for a in client.list_artifacts(registration.run_id)]
+    png = Path(client.download_artifacts(registration.run_id, "training-curves.png", str(tmp_path)))
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+    with get_client(sync_client=True) as prefect:
+        curves = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-curves"])))
+        table = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-metrics"])))
+    assert curves and str(curves[0].data).count("data:image/png;base64,iVBOR") == 1
+    assert table and "val_accuracy" in str(table[0].data)
