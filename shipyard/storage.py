@@ -185,8 +185,14 @@ def _check_writable_dir(root: str, uri: str) -> None:
 
 
 def _is_precondition_failure(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text
+    # s3fs turns the 412 into a bare OSError(EINVAL) on some servers (SeaweedFS): look down the chain too.
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen} {getattr(seen, 'response', '')}"
+        if isinstance(seen, FileExistsError) or "PreconditionFailed" in text or "412" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def filesystem(settings: Settings, **storage_options: Any) -> Store:

@@ -1,7 +1,9 @@
 """Real servers for integration tests: an S3-compatible server, an MLflow tracking server, Prefect.
 
 Session fixtures start each server once; the ``s3`` fixture resets the S3 server between tests and
-points Shipyard's settings at it.
+points Shipyard's settings at it. The S3 server is moto unless the test module is listed in
+``BOTH_BACKENDS``: those tests run twice, against moto and against SeaweedFS (a real S3 implementation;
+deselect it with ``-m "not seaweedfs"``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import boto3
 import httpx
 import pytest
 
-from tests import servers
+from tests import seaweedfs, servers
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 STORE_BUCKET = "shipyard-test"
 MLFLOW_BUCKET = "mlflow-test"
+
+# Test modules (name prefixes) whose ``s3`` runs against both backends.
+BOTH_BACKENDS = ("test_staging", "test_pipeline_e2e")
+BACKENDS = [pytest.param("moto", id="moto"), pytest.param("seaweedfs", id="seaweedfs", marks=pytest.mark.seaweedfs)]
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class S3:
     endpoint: str
     bucket: str
     client: Any
+    backend: str = "moto"
 
     def keys(self, prefix: str = "") -> list[str]:
         """List every key in the store bucket under ``prefix``."""
@@ -48,24 +55,55 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     servers.stop(proc)
 
 
-def _reset_buckets(endpoint: str) -> Any:
-    httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"},
-                          region_name=AWS_ENV["AWS_DEFAULT_REGION"])
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start SeaweedFS (``weed mini``, every port explicit, telemetry off) on 127.0.0.1 for the session."""
+    proc, endpoint = seaweedfs.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield endpoint
+    servers.stop(proc)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the modules in BOTH_BACKENDS against moto and SeaweedFS."""
+    if "s3" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1].startswith(BOTH_BACKENDS):
+        metafunc.parametrize("s3_backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def s3_backend(request: pytest.FixtureRequest) -> str:
+    """Name the S3 server behind ``s3``: 'moto' unless the test is parametrized."""
+    return str(getattr(request, "param", "moto"))
+
+
+def s3_client(endpoint: str) -> Any:
+    """Return a boto3 client for a test S3 server."""
+    return boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"},
+                        region_name=AWS_ENV["AWS_DEFAULT_REGION"])
+
+
+def _reset_buckets(endpoint: str, backend: str = "moto") -> Any:
+    client = s3_client(endpoint)
+    if backend == "moto":
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    else:
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in existing & {STORE_BUCKET, MLFLOW_BUCKET}:
+            client.delete_bucket(Bucket=bucket)  # weed mini allows deleting a non-empty bucket
     for bucket in (STORE_BUCKET, MLFLOW_BUCKET):
         client.create_bucket(Bucket=bucket)
     return client
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+def s3(s3_backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3:
     """Reset the S3 server, create the buckets, and point SHIPYARD_STORE_URI at it."""
-    client = _reset_buckets(s3_endpoint)
+    endpoint = str(request.getfixturevalue("s3_endpoint" if s3_backend == "moto" else "seaweedfs_endpoint"))
+    client = _reset_buckets(endpoint, s3_backend)
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     monkeypatch.setenv("SHIPYARD_STORE_URI", f"s3://{STORE_BUCKET}/store")
-    return S3(endpoint=s3_endpoint, bucket=STORE_BUCKET, client=client)
+    return S3(endpoint=endpoint, bucket=STORE_BUCKET, client=client, backend=s3_backend)
 
 
 @pytest.fixture(scope="session")
