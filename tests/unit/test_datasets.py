@@ -1,0 +1,255 @@
+"""Dataset versions on a local-directory store: formats, validation, hash cache, pull, diff and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from shipyard import datasets
+from shipyard.cli import main
+from shipyard.datasets.manifest import manifest_key, object_key
+from shipyard.datasets.source import check_name
+from shipyard.datasets.transfer import ByteBudget
+from shipyard.errors import DatasetError
+from shipyard.settings import Settings
+from shipyard.storage import Store, filesystem
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return filesystem(Settings(store_uri=str(tmp_path / "store")))
+
+
+def make_source(root: Path) -> Path:
+    """Write one file of every supported format."""
+    (root / "train").mkdir(parents=True)
+    for i in range(2):
+        pd.DataFrame({"x": np.arange(10, dtype="float32"), "y": np.arange(10) + i}).to_parquet(
+            root / "train" / f"part-{i}.parquet", index=False)
+    (root / "labels.csv").write_text("id,name\n0,zero\n1,one\n2,two\n")
+    np.savez(root / "arrays.npz", images=np.zeros((7, 8, 8), dtype="uint8"), labels=np.arange(7))
+    (root / "images" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4), "red").save(root / "images" / "cat" / "0.png")
+    (root / ".DS_Store").write_bytes(b"hidden")
+    return root
+
+
+def test_manifest_records_formats_rows_and_schemas(store: Store, tmp_path: Path) -> None:
+    result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
+
+    by_path = {f.path: f for f in result.manifest.files}
+    assert sorted(by_path) == ["arrays.npz", "images/cat/0.png", "labels.csv", "train/part-0.parquet",
+                               "train/part-1.parquet"]
+    assert {p: (f.format, f.rows) for p, f in by_path.items()} == {
+        "arrays.npz": ("npz", 7), "images/cat/0.png": ("image", None), "labels.csv": ("csv", 3),
+        "train/part-0.parquet": ("parquet", 10), "train/part-1.parquet": ("parquet", 10)}
+    assert result.manifest.schemas["train/*.parquet"] == {"x": "float", "y": "int64"}
+    assert result.manifest.schemas["*.npz"] == {"images": "uint8[8, 8]", "labels": "int64[]"}
+    stored = json.loads(Path(store.path(*manifest_key("mixed", result.version))).read_text())
+    assert stored["total_rows"] == 30 and stored["version"] == result.version
+
+
+def test_same_content_gives_the_same_version_and_unchanged_files_move_no_bytes(store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    first = datasets.stage(store, "mixed", str(source))
+    copy = tmp_path / "copy"
+    os.rename(source, copy)
+
+    again = datasets.stage(store, "mixed", str(copy))
+
+    assert again.version == first.version and not again.created and again.bytes_uploaded == 0
+
+
+def test_same_size_edit_with_restored_mtime_is_seen_through_the_hash_cache(store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    cache = tmp_path / "hashes.sqlite"
+    time.sleep(0.2)  # past the racy window: these hashes may be cached
+    first = datasets.stage(store, "mixed", str(source), hash_cache=cache)
+    unchanged = datasets.stage(store, "mixed", str(source), hash_cache=cache)
+    labels = source / "labels.csv"
+    stat = labels.stat()
+    labels.write_text("id,name\n0,zero\n1,one\n2,TWO\n")
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    edited = datasets.stage(store, "mixed", str(source), hash_cache=cache)
+
+    assert (first.files_hashed, unchanged.files_hashed, edited.files_hashed) == (5, 0, 1)
+    assert edited.version != first.version and edited.files_uploaded == 1
+
+
+def test_a_file_changed_just_before_hashing_is_not_trusted_from_the_cache(store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    cache = tmp_path / "hashes.sqlite"
+    datasets.stage(store, "mixed", str(source), hash_cache=cache)  # files are seconds-fresh: racily clean
+
+    again = datasets.stage(store, "mixed", str(source), hash_cache=cache)
+
+    assert again.files_hashed == 5
+
+
+def test_progress_reports_each_phase_to_completion(store: Store, tmp_path: Path) -> None:
+    events: list[datasets.StageProgress] = []
+    datasets.stage(store, "mixed", str(make_source(tmp_path / "src")), progress=events.append)
+
+    phases = [e.phase for e in events]
+    assert sorted(set(phases), key=phases.index) == ["hash", "inspect", "upload"]
+    for phase in ("hash", "inspect", "upload"):
+        last = [e for e in events if e.phase == phase][-1]
+        assert last.done == last.total and last.fraction == 1.0
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({}, "holds no files"),
+    ({".hidden": "x"}, "holds no files"),
+    ({"a.bin": ""}, "holds only empty files"),
+    ({"a.csv": ""}, r"a\.csv: empty CSV"),
+    ({"a.csv": "x,y\n", "b.csv": "x,y\n"}, "has no rows"),
+    ({"t/a.parquet": b"PAR1garbage"}, r"t/a\.parquet: unreadable Parquet"),
+    ({"a.csv": "x,y\n1,2\n", "b.csv": "x,z\n1,2\n"}, r"b\.csv: schema differs from a\.csv: column 'y' is missing"),
+    ({"a.csv": "x,y\n1,2\n", "b.csv": "y,x\n1,2\n"}, r"b\.csv: schema differs .*different order"),
+    ({"a.csv": "x,y\n1,2\n3\n"}, r"a\.csv: unreadable CSV"),
+    ({"d.npz": b"PK not a zip"}, r"d\.npz: unreadable NPZ"),
+    ({"img/1.png": b"\x89PNG broken"}, r"img/1\.png: unreadable image"),
+])
+def test_bad_sources_fail_naming_the_file_and_publish_nothing(store: Store, tmp_path: Path,
+                                                              files: dict[str, str | bytes], message: str) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name, data in files.items():
+        _write(source / name, data)
+
+    with pytest.raises(DatasetError, match=message):
+        datasets.stage(store, "bad", str(source))
+
+    assert not os.path.exists(store.root) or not any(Path(store.root).rglob("*.json"))
+    assert not os.path.exists(store.path("objects"))
+
+
+def test_names_that_escape_the_prefix_are_refused(store: Store) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/escape/ok.csv", b"a\n1\n")
+    fs.pipe("/escape/../evil.csv", b"a\n1\n")
+
+    with pytest.raises(DatasetError, match=r"escape/\.\./evil\.csv' would escape the dataset prefix"):
+        datasets.stage(store, "bad", "memory://escape")
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../b", "/abs", "a\\..\\b", "a//b", "./a", "", "a\nb"])
+def test_check_name_refuses_paths_that_are_not_plain(name: str) -> None:
+    with pytest.raises(DatasetError):
+        check_name(name, name)
+
+
+def test_pull_materialises_exactly_the_version_and_detects_a_damaged_object(store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    result = datasets.stage(store, "mixed", str(source))
+    pulled = datasets.pull(store, "mixed", result.version, tmp_path / "cache")
+    assert (pulled / "labels.csv").read_text() == (source / "labels.csv").read_text()
+
+    entry = next(f for f in result.manifest.files if f.path == "labels.csv")
+    Path(store.path(*object_key(entry.sha256))).write_text("id,name\n0,zero\n1,one\n2,tw0\n")
+    with pytest.raises(DatasetError, match=r"labels\.csv: object .* does not match its SHA-256"):
+        datasets.pull(store, "mixed", result.version, tmp_path / "other-cache")
+    assert not (tmp_path / "other-cache" / "versions" / "mixed" / result.version).exists()
+
+
+def test_pull_refuses_a_manifest_that_would_write_outside_the_target(store: Store, tmp_path: Path) -> None:
+    result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
+    forged = result.manifest.model_copy(update={"version": "f00d", "files": [
+        result.manifest.files[0].model_copy(update={"path": "../../outside"})]})
+    store.write_bytes(forged.to_json(), *manifest_key("mixed", "f00d"))
+
+    with pytest.raises(DatasetError, match="would escape"):
+        datasets.pull(store, "mixed", "f00d", tmp_path / "cache")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_diff_names_added_removed_changed_files_and_schema_changes(store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    old = datasets.stage(store, "mixed", str(source)).manifest
+    (source / "arrays.npz").unlink()
+    (source / "extra.txt").write_text("notes")
+    for i in range(2):
+        pd.DataFrame({"x": np.arange(11, dtype="float32"), "y": np.arange(11.0)}).to_parquet(
+            source / "train" / f"part-{i}.parquet", index=False)
+    new = datasets.stage(store, "mixed", str(source)).manifest
+
+    change = datasets.diff(old, new)
+
+    assert [e.path for e in change.added] == ["extra.txt"] and [e.path for e in change.removed] == ["arrays.npz"]
+    assert [n.path for _, n in change.changed] == ["train/part-0.parquet", "train/part-1.parquet"]
+    assert change.unchanged == 2
+    assert "train/*.parquet: column 'y' int64 -> double" in change.schema_changes
+    assert "*.npz: shard group removed" in change.schema_changes
+
+
+def test_byte_budget_never_lets_readers_hold_more_than_the_limit() -> None:
+    budget = ByteBudget(100)
+    held, peak = [0], [0]
+    lock = threading.Lock()
+
+    def reader(size: int) -> None:
+        with budget.hold(size):
+            with lock:
+                held[0] += min(size, 100)
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.001)
+            with lock:
+                held[0] -= min(size, 100)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in [60, 30, 50, 250, 10, 90] * 5]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] <= 100 and held[0] == 0
+
+
+def test_cli_stage_ls_show_diff_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHIPYARD_STORE_URI", str(tmp_path / "store"))
+    source = make_source(tmp_path / "src")
+    assert main(["data", "stage", "mixed", str(source)]) == 0
+    first = capsys.readouterr().out.split()[0].split("@")[1]
+    (source / "labels.csv").write_text("id,name\n0,zero\n")
+    assert main(["data", "stage", "mixed", str(source)]) == 0
+    second = capsys.readouterr().out.split()[0].split("@")[1]
+
+    assert main(["data", "ls"]) == 0 and capsys.readouterr().out.split() == ["mixed"]
+    assert main(["data", "ls", "mixed"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [first, second]
+    assert main(["data", "show", "mixed", first[:6], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == first
+    assert main(["data", "diff", "mixed", first, "latest"]) == 0
+    assert "M labels.csv" in capsys.readouterr().out
+    assert main(["data", "pull", "mixed", second]) == 0
+    assert (Path(capsys.readouterr().out.strip()) / "labels.csv").read_text() == "id,name\n0,zero\n"
+
+
+def test_cli_errors_are_one_line_naming_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHIPYARD_STORE_URI", str(tmp_path / "store"))
+
+    assert main(["data", "stage", "mixed", str(tmp_path / "nowhere")]) == 1
+    assert main(["data", "show", "mixed"]) == 1
+    assert main(["data", "stage", "Bad Name", str(tmp_path)]) == 1
+
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("shipyard: error: ") for line in lines)
+    assert "nowhere does not exist" in lines[0]
+    assert "dataset 'mixed' has no versions" in lines[1]
+    assert "dataset name 'Bad Name' is invalid" in lines[2]
