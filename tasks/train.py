@@ -73,8 +73,9 @@ def _publish(result: TrainResult) -> None:
     )
     png = base64.b64encode(curves_png(result.history, title=f"training {result.key}")).decode()
     device = result.gpu or result.device
+    heading = f"### Training {result.key} on {device} (x{result.world_size})"
     create_markdown_artifact(
-        f"### Training {result.key} on {device} (x{result.world_size})\n\n![loss and accuracy](data:image/png;base64,{png})",
+        f"{heading}\n\n![loss and accuracy](data:image/png;base64,{png})",
         key="training-curves", description="loss and accuracy per epoch",
     )
 

@@ -22,7 +22,8 @@ from tests.servers import free_port
 
 # resource plural -> (API prefix, kind)
 RESOURCES = {"pods": ("/api/v1", "Pod"), "events": ("/api/v1", "Event"), "jobs": ("/apis/batch/v1", "Job")}
-_PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>\w+)(?:/(?P<name>[^/]+))?$")
+_PATH = re.compile(
+    r"^(?P<prefix>/api/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>\w+)(?:/(?P<name>[^/]+))?$")
 
 
 def _field(obj: dict[str, Any], dotted: str) -> str:

@@ -83,7 +83,7 @@ class Batches:
         """Yield this rank's share of each global batch of ``epoch``, after the first ``skip`` batches."""
         gen = torch.Generator().manual_seed(self.params.seed * 100_003 + epoch)
         order = torch.randperm(self.size, generator=gen)
-        batches = order.split(self.params.batch_size)[skip:self.steps_per_epoch]
+        batches = torch.split(order, self.params.batch_size)[skip:self.steps_per_epoch]
         shares = [b[self.world.rank::self.world.size] for b in batches]
         if isinstance(self.dataset, TensorDataset):
             # Index the tensors once per batch instead of collating row by row.
@@ -195,7 +195,7 @@ class Loop:
             with self.autocast():
                 loss = self.recipe.training_step(self.forward, batch, self.ctx)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
             self.step += 1
             self.ctx.step = self.step

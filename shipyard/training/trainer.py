@@ -46,7 +46,7 @@ class TrainResult(BaseModel):
 
     def model_parts(self) -> tuple[str, ...]:
         """Return the store path parts of the trained weights."""
-        return training_prefix(self.key) + ("model.pt",)
+        return (*training_prefix(self.key), "model.pt")
 
 
 def training_key(dataset: str, version: str, params: TrainParams) -> str:
@@ -62,12 +62,12 @@ def training_prefix(key: str) -> tuple[str, ...]:
 
 def checkpoint_prefix(key: str) -> tuple[str, ...]:
     """Return the store prefix of a training run's checkpoints."""
-    return training_prefix(key) + ("checkpoints",)
+    return (*training_prefix(key), "checkpoints")
 
 
 def cached_result(store: Store, key: str) -> TrainResult | None:
     """Return the result of a finished training run with this key, if the store has one."""
-    parts = training_prefix(key) + ("result.json",)
+    parts = (*training_prefix(key), "result.json")
     if not store.exists(*parts):
         return None
     return TrainResult.model_validate_json(store.read_bytes(*parts))

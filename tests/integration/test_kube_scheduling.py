@@ -119,7 +119,7 @@ def test_no_job_yet_and_other_runs_jobs_are_ignored(kube: fakekube.FakeKube) -> 
 def test_a_mistyped_timeout_annotation_is_named(kube: fakekube.FakeKube) -> None:
     _job(kube, "run-1", timeout="ten minutes")
     _pod(kube, scheduled=False)
-    with pytest.raises(KubeError, match="shipyard.dev/unschedulable-timeout='ten minutes'"):
+    with pytest.raises(KubeError, match=r"shipyard\.dev/unschedulable-timeout='ten minutes'"):
         _watch(kube, Clock()).check()
 
 

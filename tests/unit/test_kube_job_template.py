@@ -108,5 +108,5 @@ def test_every_variable_is_documented_and_used() -> None:
 
 
 def test_an_unknown_template_name_is_one_line() -> None:
-    with pytest.raises(ConfigError, match="no base job template .*nope.json .known: gpu-train"):
+    with pytest.raises(ConfigError, match=r"no base job template .*nope\.json \(known: gpu-train"):
         load("nope")

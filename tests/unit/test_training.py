@@ -95,7 +95,7 @@ def test_a_bad_entrypoint_fails_before_training_with_one_line(digits: Path, stor
 
 
 def test_a_malformed_entrypoint_is_rejected_by_the_params() -> None:
-    with pytest.raises(ValidationError, match="must look like 'package.module:function'"):
+    with pytest.raises(ValidationError, match=r"must look like 'package\.module:function'"):
         TrainParams(entrypoint="my_models.py")
 
 
@@ -128,11 +128,10 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(
     assert [h.epoch for h in resumed.history] == [1, 2, 3] and resumed.history[-1].step == 3 * 23
 
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
-    uninterrupted = train(clean, "digits", "v1", params.model_copy(update={"entrypoint": "tests.training_recipes:slow"}),
-                          digits)
+    other = params.model_copy(update={"entrypoint": "tests.training_recipes:slow"})  # same math, no signal
+    uninterrupted = train(clean, "digits", "v1", other, digits)
     assert uninterrupted.resumed_from_step is None
-    _assert_equal(_weights(store, params),
-                  _weights(clean, params.model_copy(update={"entrypoint": "tests.training_recipes:slow"})))
+    _assert_equal(_weights(store, params), _weights(clean, other))
 
 
 def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
