@@ -25,6 +25,7 @@ def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) ->
         assert train.path == str(IMAGE_WORKDIR) and train.entrypoint == "flows/train.py:train_flow"
         pipeline = client.read_deployment_by_name("pipeline-flow/cluster")
         assert pipeline.work_pool_name == "cpu-test"
+        assert pipeline.job_variables["service_account_name"] == "prefect-worker"
         assert [s.schedule.cron for s in pipeline.schedules] == ["0 2 * * *"]
 
 

@@ -11,18 +11,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.infra import kubernetes_version
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "tests" / "schemas"
 
 
 def _load_schema(name: str) -> dict[str, Any]:
     return json.loads((SCHEMAS / name).read_text())
-
-
-def kubernetes_version() -> str:
-    """Return the Kubernetes version targeted: the EKS cluster's, as kubernetes-validate spells it."""
-    cluster = yaml.safe_load((REPO / "infra" / "eks" / "cluster.yaml").read_text())
-    return f"{cluster['metadata']['version']}.0"
 
 
 def _errors(schema: dict[str, Any], document: Any) -> list[str]:

@@ -16,9 +16,10 @@ from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from deployments.job_template import load
 from shipyard.errors import ConfigError
+from tests.infra import kubernetes_version
 
-# The EKS version the infra targets. kubernetes-validate 1.37.0 bundles schemas 1.25 to 1.37.
-EKS_KUBERNETES = "1.33"
+# The EKS version the infra targets (infra/eks/cluster.yaml); kubernetes-validate 1.37.0 bundles 1.25 to 1.37.
+EKS_KUBERNETES = kubernetes_version()
 TYPICAL = {"image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shipyard:0.1.0", "gpu_count": 4,
            "env": {"SHIPYARD_STORE_URI": "s3://ml-store/shipyard"}, "namespace": "shipyard",
            "memory_limit": "64Gi", "unschedulable_timeout_seconds": 600}
