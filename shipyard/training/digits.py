@@ -69,8 +69,10 @@ class DigitsRecipe:
         return {"val_loss": loss / total, "val_accuracy": correct / total}
 
     def input_example(self) -> np.ndarray:
-        """Return two rows of scaled pixels."""
-        return np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 64)
+        """Return two real digits (a 0 and a 1) as scaled pixels: the smoke test and the demo's curl send them."""
+        from sklearn.datasets import load_digits
+
+        return (load_digits().data[:2] / 16.0).astype(np.float32)
 
     def serving_model(self, model: nn.Module) -> nn.Module:
         """Serve class probabilities."""

@@ -46,6 +46,7 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
     answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60, check=True)
     probabilities = json.loads(answer.stdout)["predictions"][0]
     assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
+    assert probabilities.index(max(probabilities)) == 0  # the curl line sends a real handwritten 0
     assert (tmp_path / ".shipyard" / "mlflow.db").exists()
 
     rerun = _shipyard("demo")
