@@ -130,7 +130,7 @@ class Store:
             if self.fs.exists(self.path(*parts)):
                 self.fs.rm(self.path(*parts), recursive=recursive)
 
-    def s3_client(self, max_pool_connections: int = 32) -> Any:
+    def s3_client(self, max_pool_connections: int = 32, **config: Any) -> Any:
         """Build a boto3 client with this store's credentials, endpoint and retry policy (S3 stores only).
 
         Bulk transfers use it from many threads at once: boto3 clients are thread-safe, and checksummed
@@ -143,7 +143,7 @@ class Store:
             raise StoreError(f"{self.uri} is a local directory, not S3 ({SETTING})")
         fs: Any = self.fs
         config = {**(fs.config_kwargs or {}), "max_pool_connections": max_pool_connections,
-                  "s3": {"payload_signing_enabled": False}}
+                  "s3": {"payload_signing_enabled": False}, **config}
         kwargs = {k: v for k, v in {"aws_access_key_id": fs.key, "aws_secret_access_key": fs.secret,
                                     "aws_session_token": fs.token, "endpoint_url": fs.endpoint_url}.items() if v}
         kwargs.update(fs.client_kwargs or {})

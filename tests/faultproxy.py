@@ -51,6 +51,7 @@ class FaultProxy:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rules: list[Rule] = []
         self.events: list[Event] = []
+        self.bytes_received = 0  # request-body bytes clients sent through the proxy
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -85,10 +86,11 @@ class FaultProxy:
                     return rule
         return None
 
-    def record(self, event: Event) -> None:
+    def record(self, event: Event, body_bytes: int = 0) -> None:
         """Remember a request."""
         with self._lock:
             self.events.append(event)
+            self.bytes_received += body_bytes
 
     def seen(self, outcome: str | None = None, method: str | None = None, path: str = "") -> list[Event]:
         """Return the recorded requests matching the filters."""
@@ -129,7 +131,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             status, headers, data = self._forward(body)
             self._answer(status, headers, data)
             outcome = str(status) if fault in {None, "delay"} else str(fault)
-            proxy.record(Event(self.command, self.path, outcome, attempt))
+            proxy.record(Event(self.command, self.path, outcome, attempt), len(body))
 
         def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)

@@ -79,12 +79,12 @@ def hash_file(source: Source, file: SourceFile, cache: HashCache | None = None,
     digest = hashlib.sha256()
     read = 0
     try:
-        with source.open(file) as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-                read += len(chunk)
+        with source.open(file) as fh, memoryview(bytearray(CHUNK)) as buffer:
+            while n := fh.readinto(buffer):
+                digest.update(buffer[:n])
+                read += n
                 if on_bytes:
-                    on_bytes(len(chunk))
+                    on_bytes(n)
     except OSError as exc:
         raise DatasetError(f"{file.rel}: cannot read ({exc.strerror or exc})") from exc
     if read != file.size:

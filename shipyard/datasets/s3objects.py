@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shipyard.datasets.manifest import object_key
 from shipyard.datasets.source import Source, SourceFile
-from shipyard.datasets.transfer import Blob, ByteBudget, StageOptions, check_unchanged
+from shipyard.datasets.transfer import Blob, BufferPool, StageOptions, check_unchanged
 from shipyard.errors import DatasetError, StoreError
 from shipyard.storage import Store
 
@@ -44,9 +44,9 @@ class _Sent:
 class S3Objects:
     """Write content-addressed objects into an S3 store from many threads."""
 
-    def __init__(self, store: Store, source: Source, options: StageOptions, budget: ByteBudget,
+    def __init__(self, store: Store, source: Source, options: StageOptions, buffers: BufferPool,
                  on_bytes: Callable[[int], None]) -> None:
-        self.store, self.source, self.options, self.budget, self.on_bytes = store, source, options, budget, on_bytes
+        self.store, self.source, self.options, self.buffers, self.on_bytes = store, source, options, buffers, on_bytes
         self.client = store.s3_client(max_pool_connections=options.jobs + 4)
         self.bucket, _, prefix = store.root.partition("/")
         self.prefix = prefix.strip("/")
@@ -86,14 +86,13 @@ class S3Objects:
 
     def _put(self, blob: Blob) -> int:
         file = blob.file
-        with self.budget.hold(file.size):
-            data = self.source.read_range(file, 0, file.size)
-            if len(data) != file.size or hashlib.sha256(data).hexdigest() != blob.sha256:
+        with self.buffers.view(file.size) as data:
+            if self.source.read_into(file, 0, data) != file.size or hashlib.sha256(data).hexdigest() != blob.sha256:
                 raise DatasetError(f"{file.rel}: changed while staging; stage again")
             for attempt in range(self.options.verify_attempts):
                 extra = {"IfNoneMatch": "*"} if attempt == 0 else {}  # a retry overwrites the bad copy
                 try:
-                    answer = self.client.put_object(Bucket=self.bucket, Key=self.key(blob.sha256), Body=data,
+                    answer = self.client.put_object(Bucket=self.bucket, Key=self.key(blob.sha256), Body=_ViewBody(data),
                                                     ChecksumSHA256=_b64(bytes.fromhex(blob.sha256)), **extra)
                 except ClientError as exc:
                     if _code(exc) == "PreconditionFailed":
@@ -129,15 +128,14 @@ class S3Objects:
         return blob.file.size if created else 0
 
     def _part(self, blob: Blob, upload_id: str, number: int, offset: int, length: int) -> tuple[dict[str, Any], _Sent]:
-        with self.budget.hold(length):
-            data = self.source.read_range(blob.file, offset, length)
-            if len(data) != length:
+        with self.buffers.view(length) as data:
+            if self.source.read_into(blob.file, offset, data) != length:
                 raise DatasetError(f"{blob.file.rel}: changed while staging; stage again")
             digest = hashlib.sha256(data).digest()
             for _ in range(self.options.verify_attempts):
                 try:
                     answer = self.client.upload_part(Bucket=self.bucket, Key=self.key(blob.sha256), UploadId=upload_id,
-                                                     PartNumber=number, Body=data, ChecksumSHA256=_b64(digest))
+                                                     PartNumber=number, Body=_ViewBody(data), ChecksumSHA256=_b64(digest))
                 except ClientError as exc:
                     if _code(exc) == "BadDigest":
                         continue
@@ -174,7 +172,7 @@ class S3Objects:
             raise self._corrupted(blob.file)
         return True
 
-    def _verified(self, answer: dict[str, Any], data: bytes, sha256: str) -> bool:
+    def _verified(self, answer: dict[str, Any], data: memoryview, sha256: str) -> bool:
         ok = _check_answer(answer, data, bytes.fromhex(sha256)).ok
         return self._read_back(sha256) if ok is None else ok
 
@@ -204,7 +202,31 @@ class S3Objects:
                           "nothing was published, stage again")
 
 
-def _check_answer(answer: dict[str, Any], data: bytes, digest: bytes) -> _Sent:
+class _ViewBody:
+    """A seekable file over a borrowed buffer: botocore rewinds it to retry, and nothing copies it whole."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._pos = view, 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        chunk = bytes(self._view[self._pos : end])
+        self._pos = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: len(self._view)}[whence]
+        self._pos = max(0, min(len(self._view), base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _check_answer(answer: dict[str, Any], data: memoryview, digest: bytes) -> _Sent:
     echoed = answer.get("ChecksumSHA256")
     if echoed:
         return _Sent(sha256=digest, md5=None, ok=echoed == _b64(digest))

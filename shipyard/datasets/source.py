@@ -47,16 +47,20 @@ class Source:
         handle: IO[bytes] = self.fs.open(file.path, "rb")
         return handle
 
-    def read_range(self, file: SourceFile, offset: int, length: int) -> bytes:
-        """Read ``length`` bytes at ``offset`` without reading the rest of the file."""
+    def read_into(self, file: SourceFile, offset: int, view: memoryview) -> int:
+        """Fill ``view`` with the file's bytes from ``offset``; return how many were read (short at EOF)."""
         if self.is_local:
             fd = os.open(file.path, os.O_RDONLY)
             try:
-                return os.pread(fd, length, offset)
+                done = 0
+                while done < len(view) and (n := os.preadv(fd, [view[done:]], offset + done)) > 0:
+                    done += n
+                return done
             finally:
                 os.close(fd)
-        data: bytes = self.fs.cat_file(file.path, start=offset, end=offset + length)
-        return data
+        data: bytes = self.fs.cat_file(file.path, start=offset, end=offset + len(view))
+        view[: len(data)] = data
+        return len(data)
 
 
 def check_name(rel: str, where: str) -> None:

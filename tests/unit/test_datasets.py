@@ -18,7 +18,7 @@ from shipyard import datasets
 from shipyard.cli import main
 from shipyard.datasets.manifest import manifest_key, object_key
 from shipyard.datasets.source import check_name
-from shipyard.datasets.transfer import ByteBudget
+from shipyard.datasets.transfer import BufferPool
 from shipyard.errors import DatasetError
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
@@ -197,26 +197,31 @@ def test_diff_names_added_removed_changed_files_and_schema_changes(store: Store,
     assert "*.npz: shard group removed" in change.schema_changes
 
 
-def test_byte_budget_never_lets_readers_hold_more_than_the_limit() -> None:
-    budget = ByteBudget(100)
-    held, peak = [0], [0]
+def test_buffer_pool_lends_at_most_its_buffers_and_never_shares_one() -> None:
+    pool = BufferPool(count=3, size=1 << 20)
+    lent: list[int] = []
+    peak = [0]
+    clobbered: list[int] = []
     lock = threading.Lock()
 
-    def reader(size: int) -> None:
-        with budget.hold(size):
+    def reader(fill: int) -> None:
+        with pool.view(1 << 19) as view:
             with lock:
-                held[0] += min(size, 100)
-                peak[0] = max(peak[0], held[0])
-            time.sleep(0.001)
+                lent.append(fill)
+                peak[0] = max(peak[0], len(lent))
+            view[:] = bytes([fill]) * len(view)
+            time.sleep(0.002)
+            if bytes(view) != bytes([fill]) * len(view):  # somebody else wrote into this buffer
+                clobbered.append(fill)
             with lock:
-                held[0] -= min(size, 100)
+                lent.remove(fill)
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in [60, 30, 50, 250, 10, 90] * 5]
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(24)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert peak[0] <= 100 and held[0] == 0
+    assert peak[0] <= 3 and not clobbered
 
 
 def test_cli_stage_ls_show_diff_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

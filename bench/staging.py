@@ -1,0 +1,183 @@
+"""Staging throughput and memory: Shipyard vs plain boto3, side by side against one local S3 server.
+
+Every contender talks to the same SeaweedFS server (``weed mini`` on 127.0.0.1, started here) and writes
+to a prefix of its own, so nothing is deduplicated across contenders. Four measurements, one run:
+
+1. many small files (2,000 x 10 KB): ``stage`` vs a sequential boto3 ``upload_file`` loop;
+2. large files (20 x 50 MB): ``stage`` vs boto3's transfer manager (``upload_file``, default
+   ``TransferConfig``), file by file;
+3. re-staging the unchanged 1 GB of (2): the second ``stage`` vs the first, and the bytes sent, counted
+   at an HTTP proxy in front of the server;
+4. peak memory (max RSS of a fresh process) while staging 2 GB.
+
+    .venv/bin/python -m bench.staging [--quick] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from shipyard import datasets
+from shipyard.settings import Settings
+from shipyard.storage import Store, filesystem
+from tests import seaweedfs, servers
+from tests.faultproxy import FaultProxy
+
+BUCKET = "bench"
+CREDENTIALS = {"key": "testing", "secret": "testing"}
+MB = 10**6
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much data each measurement moves."""
+
+    small_files: int
+    large_files: int
+    large_size: int
+    memory_files: int
+    memory_size: int
+
+
+FULL = Sizes(small_files=2000, large_files=20, large_size=50 * MB, memory_files=16, memory_size=125 * MB)
+QUICK = Sizes(small_files=500, large_files=6, large_size=50 * MB, memory_files=4, memory_size=125 * MB)
+
+
+def write_files(directory: Path, count: int, size: int) -> Path:
+    """Write ``count`` files of ``size`` random bytes (incompressible, all distinct)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (directory / f"file-{i:05d}.bin").write_bytes(os.urandom(size))
+    return directory
+
+
+def store(endpoint: str, prefix: str) -> Store:
+    return filesystem(Settings(store_uri=f"s3://{BUCKET}/{prefix}"), endpoint_url=endpoint, **CREDENTIALS)
+
+
+def boto_client(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=CREDENTIALS["key"], aws_secret_access_key=CREDENTIALS["secret"])
+
+
+def server_cpu(pid: int) -> float:
+    """Return the CPU seconds a process has used (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn: Callable[[], Any], server_pid: int) -> tuple[float, float, Any]:
+    """Run ``fn``; return wall seconds, server CPU seconds used meanwhile, and its result."""
+    cpu = server_cpu(server_pid)
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, server_cpu(server_pid) - cpu, result
+
+
+def boto_loop(endpoint: str, directory: Path, prefix: str) -> None:
+    """The baseline: boto3 ``upload_file`` (default TransferConfig) for one file after another."""
+    client = boto_client(endpoint)
+    for path in sorted(directory.iterdir()):
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
+
+
+def stage_child(args: argparse.Namespace) -> None:
+    """Stage a directory in this fresh process and print its peak RSS in MB (measurement 4)."""
+    result = datasets.stage(store(args.endpoint, args.prefix), "memory", args.source)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{peak_kb / 1024:.0f} {result.bytes_uploaded}")
+
+
+def peak_memory(endpoint: str, source: Path) -> tuple[float, float, int]:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "bench.staging", "--child-stage", str(source), "--endpoint", endpoint,
+                          "--prefix", "memory"], check=True, capture_output=True, text=True).stdout.split()
+    return time.perf_counter() - start, float(out[0]), int(out[1])
+
+
+def run(sizes: Sizes, work: Path) -> list[str]:
+    """Run the four measurements and return the report lines (markdown)."""
+    proc, endpoint = seaweedfs.start(work / "seaweedfs")
+    try:
+        boto_client(endpoint).create_bucket(Bucket=BUCKET)
+        small = write_files(work / "small", sizes.small_files, 10_000)
+        large = write_files(work / "large", sizes.large_files, sizes.large_size)
+        time.sleep(0.2)  # files written this instant are 'racily clean' and never trusted from the hash cache
+        cache = work / "hashes.sqlite"
+        rows = []
+
+        base, base_cpu, _ = timed(lambda: boto_loop(endpoint, small, "boto-small"), proc.pid)
+        ours, ours_cpu, _ = timed(lambda: datasets.stage(store(endpoint, "ship-small"), "small", str(small)), proc.pid)
+        rows.append(f"| {sizes.small_files:,} files x 10 KB | sequential `upload_file` loop | {base:.2f} s "
+                    f"(server CPU {base_cpu:.1f} s) | {ours:.2f} s (server CPU {ours_cpu:.1f} s) | **{base / ours:.1f}x** | >= 4x |")
+
+        base, base_cpu, _ = timed(lambda: boto_loop(endpoint, large, "boto-large"), proc.pid)
+        first, first_cpu, _ = timed(lambda: datasets.stage(store(endpoint, "ship-large"), "large", str(large),
+                                                           hash_cache=cache), proc.pid)
+        rows.append(f"| {sizes.large_files} files x {sizes.large_size // MB} MB | transfer manager, file by file | "
+                    f"{base:.2f} s (server CPU {base_cpu:.1f} s) | {first:.2f} s (server CPU {first_cpu:.1f} s) | "
+                    f"**{base / first:.2f}x** | >= 1.5x |")
+
+        with FaultProxy(endpoint) as proxy:  # counts what the re-stage sends
+            again, _, result = timed(lambda: datasets.stage(store(proxy.url, "ship-large"), "large", str(large),
+                                                            hash_cache=cache), proc.pid)
+            sent = proxy.bytes_received
+        total = sizes.large_files * sizes.large_size
+        rows.append(f"| re-stage unchanged {total / 1e9:.1f} GB | first staging of the same data | {first:.2f} s | "
+                    f"{again:.3f} s, {sent} request-body bytes sent, {result.bytes_uploaded} uploaded | "
+                    f"**{first / again:.0f}x** | >= 50x, 0 bytes |")
+
+        shutil.rmtree(small)
+        memory = write_files(work / "memory", sizes.memory_files, sizes.memory_size)
+        wall, peak, uploaded = peak_memory(endpoint, memory)
+        rows.append(f"| peak memory staging {sizes.memory_files * sizes.memory_size / 1e9:.1f} GB | - | - | "
+                    f"max RSS {peak:.0f} MB ({uploaded / 1e9:.1f} GB in {wall:.1f} s, fresh process) | - | < 300 MB |")
+        return ["| measurement | baseline | baseline time | Shipyard | ratio | target |",
+                "| --- | --- | --- | --- | --- | --- |", *rows]
+    finally:
+        servers.stop(proc)
+
+
+def main() -> None:
+    """Parse options and run the benchmark (or the memory child)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="less data: 500 small files, 6 x 50 MB, 0.5 GB")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--child-stage", dest="source", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.source:
+        stage_child(args)
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-staging-", dir=args.workdir))
+    try:
+        started = time.perf_counter()
+        lines = run(QUICK if args.quick else FULL, work)
+        print("\n".join(lines))
+        print(f"\n(SeaweedFS {seaweedfs_version()} on 127.0.0.1, {os.cpu_count()} CPUs shared by client and server; "
+              f"bench took {time.perf_counter() - started:.0f} s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def seaweedfs_version() -> str:
+    out = subprocess.run([seaweedfs.weed_binary(), "version"], capture_output=True, text=True).stdout.split()
+    return out[2] if len(out) > 2 else "?"
+
+
+if __name__ == "__main__":
+    main()
