@@ -41,8 +41,8 @@ def plain_script(home: Path, training: TrainParams) -> str:
     client = registry.client(settings)
     recipe = load_recipe(training.entrypoint, training)
     example = recipe.input_example()
-    _, _, version = registry.log_and_register(client, settings, store, result,
-                                              recipe.serving_model(load_model(store, result)), example, "digits-classifier")
+    served = recipe.serving_model(load_model(store, result))
+    _, _, version = registry.log_and_register(client, settings, store, result, served, example, "digits-classifier")
     registry.promote_if_better(client, "digits-classifier", version, "val_accuracy", 0.0)
     rollout = local.roll_out(settings, "digits-classifier", version, settings.resolved_mlflow_uri(), example.tolist())
     local.stop(settings)

@@ -85,7 +85,8 @@ def check(settings: Settings) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as resp:  # noqa: S310 (http(s) only)
             resp.read()
     except OSError as exc:
-        raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) is unreachable: {getattr(exc, 'reason', exc)}") from exc
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) is unreachable: {reason}") from exc
 
 
 def ensure_experiment(mlflow_client: Any, settings: Settings, store: Store) -> str:
@@ -106,7 +107,8 @@ def find_registered(mlflow_client: Any, model_name: str, train_key: str) -> Any 
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = mlflow_client.search_model_versions(f"name = '{model_name}' and tag.`{TAG_TRAIN_KEY}` = '{train_key}'")
+        query = f"name = '{model_name}' and tag.`{TAG_TRAIN_KEY}` = '{train_key}'"
+        versions = mlflow_client.search_model_versions(query)
     except MlflowException:
         return None  # the registered model does not exist yet
     return max(versions, key=lambda v: int(v.version)) if versions else None

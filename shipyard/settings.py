@@ -7,7 +7,7 @@ are flow parameters, not settings (see ``shipyard.params``).
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shipyard.errors import ConfigError
 
 
-class TrainMode(str, Enum):
+class TrainMode(StrEnum):
     """Where the train stage runs."""
 
     local = "local"

@@ -42,7 +42,8 @@ def register_model(result: TrainResult, params: RegisterParams) -> registry.Regi
         reused = False
         logger.info("registered %s version %s from MLflow run %s", params.model_name, version, run_id)
     with registry.translate(settings.resolved_mlflow_uri()):
-        promoted = registry.promote_if_better(client, params.model_name, version, params.metric, params.promotion_margin)
+        promoted = registry.promote_if_better(client, params.model_name, version, params.metric,
+                                              params.promotion_margin)
         champion = registry.champion(client, params.model_name)
     if champion is None:  # promote_if_better always leaves a champion; someone removed it meanwhile
         raise RegistryError(f"model {params.model_name} lost its '{registry.CHAMPION}' alias during registration")

@@ -122,24 +122,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, default, description in settings_table():
             print(f"{name:32} {default or '-':22} {description}")
         return 0
-    print(f"Store:        {settings.resolved_store_uri()}")
-    print(f"MLflow:       {redact(settings.resolved_mlflow_uri())}")
-    print(f"Train mode:   {settings.train_mode.value}")
+    _row("store", settings.resolved_store_uri())
+    _row("mlflow", redact(settings.resolved_mlflow_uri()))
+    _row("train mode", settings.train_mode.value)
     for name in ("prefect-server", "mlflow-ui", "worker", "inference"):
         service = processes.find(settings.home, name)
-        where = f"running (pid {service.pid}){' at ' + service.url if service and service.url else ''}" if service else "stopped"
-        extra = f", {service.info['model_name']} version {service.info['model_version']}" if service and service.info else ""
-        print(f"{name + ':':13} {where}{extra}")
+        if service is None:
+            _row(name, "stopped")
+            continue
+        where = f" at {service.url}" if service.url else ""
+        model = f", {service.info['model_name']} version {service.info['model_version']}" if service.info else ""
+        _row(name, f"running (pid {service.pid}){where}{model}")
     try:
         _print_registry(settings)
     except ShipyardError as exc:
-        print(f"Registry:     unavailable ({exc})")
+        _row("registry", f"unavailable ({exc})")
     return 0
+
+
+def _row(label: str, value: str) -> None:
+    print(f"{label + ':':16}{value}")
 
 
 def _print_registry(settings: Settings) -> None:
     if settings.is_local_mlflow() and not (settings.home / "mlflow.db").exists():
-        print("Registry:     empty (run 'shipyard demo')")
+        _row("registry", "empty (run 'shipyard demo')")
         return
     from shipyard import registry
 
@@ -147,4 +154,4 @@ def _print_registry(settings: Settings) -> None:
     with registry.translate(settings.resolved_mlflow_uri()):
         for model in client.search_registered_models(max_results=20):
             champion = model.aliases.get(registry.CHAMPION) if model.aliases else None
-            print(f"Model:        {model.name} (champion: version {champion or 'none'})")
+            _row("model", f"{model.name} (champion: version {champion or 'none'})")

@@ -120,16 +120,19 @@ def _failure(state: Any) -> Exception:
 def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None:
     mlflow_ui = (f"http://127.0.0.1:{settings.mlflow_ui_port}" if settings.is_local_mlflow()
                  else redact(settings.resolved_mlflow_uri()))
+    is_champion = result.champion_version == result.model_version
+    champion = " (champion)" if is_champion else f" (champion stays version {result.champion_version})"
+    run_link = f"{mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id}"
+    flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""
     lines = [
         "",
         f"Dataset:     {result.dataset}@{result.dataset_version}",
         "Metrics:     " + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()),
-        f"Model:       {result.model_name} version {result.model_version}"
-        + (" (champion)" if result.promoted or result.champion_version == result.model_version else f" (champion stays {result.champion_version})"),
+        f"Model:       {result.model_name} version {result.model_version}{champion}",
         f"Endpoint:    {result.endpoint}/invocations  (serving version {result.served_version})",
         f"Try it:      {result.curl()}",
-        f"MLflow run:  {result.mlflow_run_id}  ({mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id})",
-        f"Prefect run: {result.flow_run_id}" + (f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""),
+        f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
+        f"Prefect run: {result.flow_run_id}{flow_link}",
     ]
     if settings.is_local_mlflow():
         lines.append("UIs:         'shipyard up' starts the Prefect and MLflow UIs; 'shipyard down' stops everything")

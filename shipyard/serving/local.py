@@ -101,7 +101,7 @@ def roll_out(settings: Settings, model_name: str, version: str, tracking_uri: st
     except ServingError:
         stop(settings)
         if previous is not None:
-            log.warning("rolling back to %s version %s", previous.info.get("model_name"), previous.info.get("model_version"))
+            log.warning("rolling back to %s version %s", previous.info["model_name"], previous.info["model_version"])
             start(settings, previous.info["model_name"], previous.info["model_version"], tracking_uri)
         raise
     return Rollout(service, model_name, version, reused=False, predictions=predictions)

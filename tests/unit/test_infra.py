@@ -42,10 +42,14 @@ def test_the_cluster_targets_a_version_kubernetes_validate_knows() -> None:
 def test_a_mistyped_cluster_field_is_caught() -> None:
     cluster = yaml.safe_load((REPO / "infra" / "eks" / "cluster.yaml").read_text())
     cluster["managedNodeGroups"][1]["instanceTypess"] = ["g5.xlarge"]
-    assert any("instanceTypess" in e for e in _errors(_load_schema("eksctl-clusterconfig-v1alpha5.schema.json"), cluster))
+    errors = _errors(_load_schema("eksctl-clusterconfig-v1alpha5.schema.json"), cluster)
+    assert any("instanceTypess" in e for e in errors)
 
 
-@pytest.mark.parametrize("values", sorted((REPO / "infra" / "helm").glob("prefect-worker-*.values.yaml")), ids=lambda p: p.name)
+WORKER_VALUES = sorted((REPO / "infra" / "helm").glob("prefect-worker-*.values.yaml"))
+
+
+@pytest.mark.parametrize("values", WORKER_VALUES, ids=lambda p: p.name)
 def test_prefect_worker_values_are_valid(values: Path) -> None:
     assert _errors(_load_schema("prefect-worker-values.schema.json"), yaml.safe_load(values.read_text())) == []
 

@@ -62,7 +62,8 @@ def _reads_environment(tree: ast.AST) -> list[int]:
             target = ast.unparse(node.func)
             if target in {"os.getenv", "os.environ.get"}:
                 lines.append(node.lineno)
-        if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ" and isinstance(node.ctx, ast.Load):
+        is_load = isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+        if is_load and ast.unparse(node.value) == "os.environ":  # type: ignore[attr-defined]
             lines.append(node.lineno)
     return lines
 
