@@ -50,7 +50,8 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     source = dataset.source
     if source == "demo":
         source = str(write_demo_source(settings.home / "demo" / "digits").resolve())
-    progress = _ProgressArtifact(create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}"))
+    artifact = create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}")
+    progress = _ProgressArtifact(artifact if isinstance(artifact, UUID) else None)
     result = datasets.stage(store, dataset.name, source, progress=progress,
                             hash_cache=settings.home / "cache" / "hashes.sqlite")
     progress(datasets.StageProgress("upload", 1, 1))

@@ -103,7 +103,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, and '100 Continue' for botocore's large bodies
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
         def _relay(self) -> None:
@@ -122,16 +122,17 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if fault in _ERRORS:
                 status, code, message = _ERRORS[fault]
-                xml = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+                xml = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                       f"<Message>{message}</Message></Error>")
+                proxy.record(Event(self.command, self.path, fault, attempt))  # before answering: no race with tests
                 self._answer(status, [("Content-Type", "application/xml")], xml.encode())
-                proxy.record(Event(self.command, self.path, fault, attempt))
                 return
             if fault == "corrupt" and body:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
             status, headers, data = self._forward(body)
-            self._answer(status, headers, data)
             outcome = str(status) if fault in {None, "delay"} else str(fault)
             proxy.record(Event(self.command, self.path, outcome, attempt), len(body))
+            self._answer(status, headers, data)
 
         def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)

@@ -24,14 +24,16 @@ PHASE_LABELS = {"hash": "Hashing", "inspect": "Checking formats", "upload": "Upl
 def register(sub: Any) -> None:
     """Add ``data`` and its subcommands."""
     data = sub.add_parser("data", help="stage, list, show, pull and diff dataset versions",
-                          description="Immutable, content-addressed dataset versions in the store (SHIPYARD_STORE_URI).")
+                          description="Immutable, content-addressed dataset versions in the store "
+                          "(SHIPYARD_STORE_URI).")
     verbs = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     stage = verbs.add_parser("stage", help="stage a directory, glob or fsspec URI as a new version",
                              description="Upload the files the store lacks, validate them, and publish a manifest.")
     stage.add_argument("name", help="dataset name (lowercase letters, digits, '.', '_', '-')")
     stage.add_argument("source", help="local directory, glob or fsspec URI (s3://bucket/path)")
     stage.add_argument("--jobs", type=int, default=16, help="parallel reads and uploads (default 16)")
-    stage.add_argument("--rehash", action="store_true", help="hash every file again instead of trusting the local cache")
+    stage.add_argument("--rehash", action="store_true",
+                       help="hash every file again instead of trusting the local cache")
     stage.set_defaults(func=cmd_stage)
     ls = verbs.add_parser("ls", help="list datasets, or the versions of one", description="List datasets or versions.")
     ls.add_argument("name", nargs="?", help="dataset whose versions to list")
@@ -45,7 +47,8 @@ def register(sub: Any) -> None:
                             description="Download exactly one version, verifying every file's SHA-256.")
     pull.add_argument("name")
     pull.add_argument("version", nargs="?", default="latest", help="version id, unique prefix or 'latest' (default)")
-    pull.add_argument("--cache", type=Path, default=None, help="cache directory (default: <SHIPYARD_HOME>/cache/datasets)")
+    pull.add_argument("--cache", type=Path, default=None,
+                      help="cache directory (default: <SHIPYARD_HOME>/cache/datasets)")
     pull.set_defaults(func=cmd_pull)
     diff = verbs.add_parser("diff", help="compare two versions", description="Files added, removed and changed.")
     diff.add_argument("name")
@@ -109,7 +112,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     _, store = _store()
     if args.name is None:
         names = datasets.list_datasets(store)
-        print("\n".join(names) if names else f"no datasets in {store.url('datasets')} (stage one with: shipyard data stage NAME SOURCE)")
+        hint = f"no datasets in {store.url('datasets')} (stage one with: shipyard data stage NAME SOURCE)"
+        print("\n".join(names) if names else hint)
         return 0
     versions = datasets.list_versions(store, args.name)
     if not versions:

@@ -36,7 +36,8 @@ def diff(old: Manifest, new: Manifest) -> DatasetDiff:
     """Compare two manifests by path and content hash."""
     before = {e.path: e for e in old.files}
     after = {e.path: e for e in new.files}
-    changed = [(before[p], after[p]) for p in sorted(before.keys() & after.keys()) if before[p].sha256 != after[p].sha256]
+    common = sorted(before.keys() & after.keys())
+    changed = [(before[p], after[p]) for p in common if before[p].sha256 != after[p].sha256]
     return DatasetDiff(
         old=old.version, new=new.version,
         added=[after[p] for p in sorted(after.keys() - before.keys())],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from typing import IO
+from typing import BinaryIO, cast
 
 from shipyard.datasets.manifest import FileEntry
 from shipyard.datasets.source import Source, SourceFile
@@ -39,7 +39,7 @@ def describe(source: Source, file: SourceFile, sha256: str) -> FileEntry:
     if reader is not None:
         try:
             with source.open(file) as fh:
-                rows, columns = reader(fh)
+                rows, columns = reader(cast(BinaryIO, fh))
         except DatasetError as exc:
             raise DatasetError(f"{file.rel}: {exc}") from exc
         except Exception as exc:  # readers raise many unrelated types for a damaged file
@@ -48,14 +48,14 @@ def describe(source: Source, file: SourceFile, sha256: str) -> FileEntry:
     return FileEntry(path=file.rel, size=file.size, sha256=sha256, format=fmt, rows=rows, columns=columns)
 
 
-def _parquet(fh: IO[bytes]) -> Table:
+def _parquet(fh: BinaryIO) -> Table:
     import pyarrow.parquet as pq
 
     meta = pq.ParquetFile(fh)
     return meta.metadata.num_rows, {f.name: str(f.type) for f in meta.schema_arrow}
 
 
-def _csv(fh: IO[bytes]) -> Table:
+def _csv(fh: BinaryIO) -> Table:
     import pyarrow.csv as pcsv
 
     try:
@@ -68,7 +68,7 @@ def _csv(fh: IO[bytes]) -> Table:
     return rows, {f.name: str(f.type) for f in reader.schema}
 
 
-def _npz(fh: IO[bytes]) -> Table:
+def _npz(fh: BinaryIO) -> Table:
     import numpy as np
 
     headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -91,7 +91,7 @@ def _npz(fh: IO[bytes]) -> Table:
     return (leading.pop() if len(leading) == 1 else None), columns
 
 
-def _image(fh: IO[bytes]) -> Table:
+def _image(fh: BinaryIO) -> Table:
     from PIL import Image
 
     with Image.open(fh) as image:
@@ -99,5 +99,5 @@ def _image(fh: IO[bytes]) -> Table:
     return None, None
 
 
-_READERS: dict[str, Callable[[IO[bytes]], Table]] = {"parquet": _parquet, "csv": _csv, "npz": _npz, "image": _image}
+_READERS: dict[str, Callable[[BinaryIO], Table]] = {"parquet": _parquet, "csv": _csv, "npz": _npz, "image": _image}
 _LABELS = {"parquet": "Parquet", "csv": "CSV", "npz": "NPZ", "image": "image"}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -40,12 +41,11 @@ class Source:
         """Tell whether the files are on local disk (readable with plain ``open``)."""
         return isinstance(self.fs, LocalFileSystem)
 
-    def open(self, file: SourceFile) -> IO[bytes]:
-        """Open a file for reading bytes."""
+    def open(self, file: SourceFile) -> io.BufferedIOBase:
+        """Open a file for reading bytes (with ``readinto``)."""
         if self.is_local:
-            return open(file.path, "rb")  # noqa: SIM115 - the caller closes it
-        handle: IO[bytes] = self.fs.open(file.path, "rb")
-        return handle
+            return open(file.path, "rb")  # the caller closes it
+        return cast(io.BufferedIOBase, self.fs.open(file.path, "rb"))
 
     def read_into(self, file: SourceFile, offset: int, view: memoryview) -> int:
         """Fill ``view`` with the file's bytes from ``offset``; return how many were read (short at EOF)."""

@@ -114,7 +114,8 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
         finally:
             if cache is not None:
                 cache.close()
-        bare = [FileEntry(path=f.rel, size=f.size, sha256=s, format=file_format(f.rel)) for f, s in zip(src.files, shas)]
+        bare = [FileEntry(path=f.rel, size=f.size, sha256=s, format=file_format(f.rel))
+                for f, s in zip(src.files, shas, strict=True)]
         version = version_id(bare)
         if store.exists(*manifest_key(name, version)):
             log.info("dataset %s version %s is already staged", name, version)
@@ -122,7 +123,7 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
         known = known_entries(store, name, pool)
         entries = _describe_all(src, shas, known, pool, report)
     schemas = check_entries(entries, source)
-    blobs = list({s: Blob(sha256=s, file=f) for f, s in zip(src.files, shas) if s not in known}.values())
+    blobs = list({s: Blob(sha256=s, file=f) for f, s in zip(src.files, shas, strict=True) if s not in known}.values())
     report.start("upload", sum(b.file.size for b in blobs))
     uploaded, sent = upload(store, src, blobs, options, report.add, report.tick)
     report.finish()

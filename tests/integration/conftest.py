@@ -77,8 +77,8 @@ def s3_backend(request: pytest.FixtureRequest) -> str:
 
 def s3_client(endpoint: str) -> Any:
     """Return a boto3 client for a test S3 server."""
-    return boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"},
-                        region_name=AWS_ENV["AWS_DEFAULT_REGION"])
+    keys = {k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"}
+    return boto3.client("s3", endpoint_url=endpoint, region_name=AWS_ENV["AWS_DEFAULT_REGION"], **keys)
 
 
 def _reset_buckets(endpoint: str, backend: str = "moto") -> Any:

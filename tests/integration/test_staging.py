@@ -165,9 +165,10 @@ def test_injected_s3_errors_are_retried_and_staged_bytes_are_identical(s3: S3, t
 
     assert all(rule.times == 0 for rule in proxy.rules)  # every fault was injected
     assert len(faults) == 8
-    for fault in faults:  # ... and the SDK retried that very request, counting attempts
-        assert any(e.method == fault.method and e.path == fault.path and e.outcome.isdigit()
-                   and e.attempt > fault.attempt for e in events), fault
+    for fault in faults:  # ... and that very request was sent again (by botocore or s3fs) and answered
+        later = events[events.index(fault) + 1 :]
+        assert any(e.method == fault.method and e.path == fault.path and e.outcome.isdigit() for e in later), fault
+    assert any(e.attempt > 1 for e in events)  # botocore's standard retry mode (exponential backoff) took part
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
     assert result.created
     assert same_files(datasets.pull(store(), "digits", result.version, tmp_path / "cache"), source)
@@ -179,7 +180,8 @@ def test_corrupted_upload_is_sent_again_and_persistent_corruption_publishes_noth
     with FaultProxy(s3.endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         proxy.inject("corrupt", "PUT", "/store/objects/", times=1000)
-        with pytest.raises(StoreError, match=r"(README\.txt|part-0000\d\.parquet|blob\.bin): the store kept different bytes"):
+        culprit = r"(README\.txt|part-0000\d\.parquet|blob\.bin)"
+        with pytest.raises(StoreError, match=culprit + ": the store kept different bytes"):
             datasets.stage(store(), "digits", str(source), options=OPTIONS)
         assert manifests(s3) == []
         proxy.clear()
@@ -208,7 +210,8 @@ def _mismatched_schema(s3: S3, tmp: Path) -> tuple[str, str]:
     source = make_source(tmp / "src")
     frame = pd.DataFrame({"x": np.array([1.0], dtype="float32"), "label": ["cat"]})
     frame.to_parquet(source / "train" / "part-00002.parquet", index=False)
-    return str(source), r"train/part-00002\.parquet: schema differs from train/part-00000\.parquet: column 'label' is (large_)?string, expected int64"
+    return str(source), (r"train/part-00002\.parquet: schema differs from train/part-00000\.parquet: "
+                         r"column 'label' is (large_)?string, expected int64")
 
 
 def _escaping_names(s3: S3, tmp: Path) -> tuple[str, str]:
@@ -221,7 +224,8 @@ def _escaping_names(s3: S3, tmp: Path) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("case", [_missing, _empty, _bad_parquet, _mismatched_schema, _escaping_names],
-                         ids=["missing-path", "empty-folder", "unreadable-parquet", "mismatched-schema", "dotdot-names"])
+                         ids=["missing-path", "empty-folder", "unreadable-parquet", "mismatched-schema",
+                              "dotdot-names"])
 def test_bad_sources_fail_naming_the_file_and_publish_nothing(s3: S3, tmp_path: Path, case: object) -> None:
     source, message = case(s3, tmp_path)  # type: ignore[operator]
 
