@@ -11,20 +11,20 @@ from shipyard.settings import Settings
 
 
 def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) -> None:
-    settings = Settings(image="registry.example/shipyard:1.2.3", train_work_pool="gpu-train-test",
-                        pipeline_work_pool="cpu-test")
+    settings = Settings(image="registry.example/shipyard:1.2.3", train_work_pool="deploy-gpu-train",
+                        pipeline_work_pool="deploy-cpu")
     names = deploy_cluster(settings)
     assert set(names) == {d.full_name for d in for_environment("cluster")}
     with get_client(sync_client=True) as client:
-        train_pool = client.read_work_pool("gpu-train-test")
+        train_pool = client.read_work_pool("deploy-gpu-train")
         assert train_pool.type == "kubernetes"
         assert train_pool.base_job_template["variables"]["additionalProperties"] is False
         train = client.read_deployment_by_name("train-flow/cluster")
-        assert train.work_pool_name == "gpu-train-test"
+        assert train.work_pool_name == "deploy-gpu-train"
         assert train.job_variables["image"] == "registry.example/shipyard:1.2.3"
         assert train.path == str(IMAGE_WORKDIR) and train.entrypoint == "flows/train.py:train_flow"
         pipeline = client.read_deployment_by_name("pipeline-flow/cluster")
-        assert pipeline.work_pool_name == "cpu-test"
+        assert pipeline.work_pool_name == "deploy-cpu"
         assert pipeline.job_variables["service_account_name"] == "prefect-worker"
         assert [s.schedule.cron for s in pipeline.schedules] == ["0 2 * * *"]
 
@@ -32,7 +32,7 @@ def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) ->
 def test_a_mistyped_job_variable_is_rejected_by_the_train_pool(prefect_api: str) -> None:
     from prefect.exceptions import PrefectHTTPStatusError
 
-    settings = Settings(train_work_pool="gpu-train-typo", pipeline_work_pool="cpu-typo")
+    settings = Settings(train_work_pool="deploy-gpu-train-typo", pipeline_work_pool="deploy-cpu-typo")
     deploy_cluster(settings)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("train-flow/cluster")
