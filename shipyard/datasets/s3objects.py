@@ -3,8 +3,9 @@
 Every request carries ``x-amz-checksum-sha256`` for its body, so servers that check it (AWS, SeaweedFS,
 MinIO) refuse a corrupted body outright. The answer is checked too: the SHA-256 the server echoes or, from
 servers that echo none (moto), the ETag against the body's MD5; with neither, the object is read back. A
-mismatch is uploaded again; botocore's standard retry mode already retries 5xx, SlowDown and dropped
-connections with exponential backoff.
+mismatch is uploaded again; 5xx, SlowDown and dropped connections are retried with exponential backoff
+(botocore's standard retry mode, or the same policy in :mod:`shipyard.datasets.s3put`, which sends the
+single-request uploads without botocore's per-request overhead).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shipyard.datasets.manifest import object_key
+from shipyard.datasets.s3put import SmallPuts, Unsupported
 from shipyard.datasets.source import Source, SourceFile
 from shipyard.datasets.transfer import SMALL, Blob, BufferPool, StageOptions, check_unchanged
 from shipyard.errors import DatasetError, StoreError
@@ -51,6 +53,7 @@ class S3Objects:
         self.client.meta.events.register("before-send.s3.PutObject", _send_small_bodies_at_once)
         self.bucket, _, prefix = store.root.partition("/")
         self.prefix = prefix.strip("/")
+        self.small: SmallPuts | None = SmallPuts.for_client(self.client, self.bucket)
 
     def key(self, sha256: str) -> str:
         """Return the object key of a hash."""
@@ -91,10 +94,8 @@ class S3Objects:
             if self.source.read_into(file, 0, data) != file.size or hashlib.sha256(data).hexdigest() != blob.sha256:
                 raise DatasetError(f"{file.rel}: changed while staging; stage again")
             for attempt in range(self.options.verify_attempts):
-                extra = {"IfNoneMatch": "*"} if attempt == 0 else {}  # a retry overwrites the bad copy
                 try:
-                    answer = self.client.put_object(Bucket=self.bucket, Key=self.key(blob.sha256), Body=_body(data),
-                                                    ChecksumSHA256=_b64(bytes.fromhex(blob.sha256)), **extra)
+                    answer = self._send_one(blob.sha256, data, create_only=attempt == 0)  # a retry overwrites
                 except ClientError as exc:
                     if _code(exc) == "PreconditionFailed":
                         return 0
@@ -107,6 +108,21 @@ class S3Objects:
                 log.warning("object %s for %s failed its integrity check; uploading again", blob.sha256, file.rel)
         self._discard(blob)
         raise self._corrupted(file)
+
+    def _send_one(self, sha256: str, data: memoryview, create_only: bool) -> dict[str, Any]:
+        """PUT a whole object in one request, by the lean path where it can, else by botocore."""
+        checksum = _b64(bytes.fromhex(sha256))
+        small = self.small
+        if small is not None:
+            try:
+                return small.put(self.key(sha256), data, sha256, checksum, create_only)
+            except Unsupported as exc:
+                log.info("sending the remaining uploads through botocore: %s", exc)
+                self.small = None
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        answer: dict[str, Any] = self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=_body(data),
+                                                        ChecksumSHA256=checksum, **extra)
+        return answer
 
     def _put_large(self, blob: Blob, parts_pool: Executor) -> int:
         if self.exists(blob):
