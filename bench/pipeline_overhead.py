@@ -61,7 +61,6 @@ def prefect_pipeline(home: Path, training: TrainParams) -> str:
 
 
 def _timed(fn, home: Path, training: TrainParams) -> float:  # type: ignore[no-untyped-def]
-    shutil.rmtree(home, ignore_errors=True)
     os.environ["SHIPYARD_HOME"] = str(home)  # the flow's tasks read settings from the environment
     started = time.perf_counter()
     assert fn(home, training) == "1"
@@ -75,6 +74,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     training = TrainParams(epochs=args.epochs)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from the server
     from prefect.testing.utilities import prefect_test_harness
 
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-"))
@@ -82,9 +82,10 @@ def main() -> None:
     times: dict[str, list[float]] = {"plain": [], "prefect": []}
     with prefect_test_harness(server_startup_timeout=120):  # started once, not timed
         prefect_pipeline(work / "warmup", TrainParams(epochs=1))  # imports and first-use costs, not timed
-        for _ in range(args.rounds):
-            times["plain"].append(_timed(plain_script, work / "plain", training))
-            times["prefect"].append(_timed(prefect_pipeline, work / "prefect", training))
+        for round_ in range(args.rounds):
+            # A fresh home each time: MLflow caches its SQLite engine per URI, so reusing a deleted path fails.
+            times["plain"].append(_timed(plain_script, work / f"plain-{round_}", training))
+            times["prefect"].append(_timed(prefect_pipeline, work / f"prefect-{round_}", training))
     plain, prefect = statistics.median(times["plain"]), statistics.median(times["prefect"])
     print(f"plain script    median {plain:6.2f} s  runs {', '.join(f'{t:.2f}' for t in times['plain'])}")
     print(f"Prefect flow    median {prefect:6.2f} s  runs {', '.join(f'{t:.2f}' for t in times['prefect'])}")
