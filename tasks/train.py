@@ -22,7 +22,7 @@ from shipyard import datasets, kube
 from shipyard.errors import KubeError, TrainingError
 from shipyard.params import TrainParams
 from shipyard.settings import Settings, load_settings
-from shipyard.storage import filesystem
+from shipyard.storage import Store, filesystem
 from shipyard.training import EpochMetrics, TrainResult, cached_result, load_recipe, train, training_key
 from shipyard.training.curves import curves_png
 from shipyard.training.distributed import processes_for, visible_gpus
@@ -33,14 +33,19 @@ from tasks.retry import transient_only
 POLL_SECONDS = 3.0
 
 
+def _lookup(dataset: str, version: str, params: TrainParams) -> tuple[Settings, Store, str, TrainResult | None]:
+    """Return settings, store, the training key and the finished result for it, if there is one."""
+    settings = load_settings()
+    store = filesystem(settings)
+    key = training_key(dataset, version, params)
+    return settings, store, key, cached_result(store, key)
+
+
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def fit_model(dataset: str, dataset_version: str, params: TrainParams) -> TrainResult:
     """Pull exactly the staged version, train (resuming from the newest checkpoint) and save the weights."""
     logger = get_run_logger()
-    settings = load_settings()
-    store = filesystem(settings)
-    key = training_key(dataset, dataset_version, params)
-    cached = cached_result(store, key)
+    settings, store, key, cached = _lookup(dataset, dataset_version, params)
     if cached is not None:
         logger.info("cache hit: training %s on %s@%s already finished (%s); not retraining",
                     key, dataset, dataset_version, cached.metrics)
@@ -84,10 +89,7 @@ def _publish(result: TrainResult) -> None:
 def launch_training(dataset: str, dataset_version: str, params: TrainParams, deployment: str) -> TrainResult:
     """Run the train deployment (GPU work pool), wait for it, and return what it trained."""
     logger = get_run_logger()
-    settings = load_settings()
-    store = filesystem(settings)
-    key = training_key(dataset, dataset_version, params)
-    cached = cached_result(store, key)
+    settings, store, key, cached = _lookup(dataset, dataset_version, params)
     if cached is not None:
         logger.info("cache hit: training %s already finished; not launching %s", key, deployment)
         return cached
