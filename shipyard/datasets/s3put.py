@@ -4,8 +4,9 @@ botocore spends ~0.5 ms of Python per request (event hooks, endpoint rules, user
 the GIL; for 10 KB objects on a small machine that, not the network, bounds staging. This path sends one
 kind of request, a create-only checksummed PUT, and resolves everything else once from the boto3 client
 staging already built, so it follows the same configuration: credentials (botocore's chain, frozen per
-request so that refreshable ones still refresh), region, endpoint and addressing style (taken from a
-presigned URL, so path or virtual-host style is botocore's own choice), timeouts and retry attempts.
+request so that refreshable ones still refresh), region, endpoint and addressing style (botocore
+resolves the URL of one PutObject that is stopped before it is sent, so path or virtual-host style is its
+own choice), timeouts and retry attempts.
 
 Failures look like botocore's, so callers handle both paths alike: an S3 error answer raises
 ``ClientError`` with its code; 5xx, throttling (``SlowDown``, 429), dropped connections and timeouts are
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from botocore.httpsession import where
 
@@ -161,14 +163,34 @@ class SmallPuts:
 
 
 def _target(client: Any, bucket: str) -> _Target | None:
-    """Find where botocore would send a PUT into ``bucket``; None if it would go through a proxy."""
-    url = urlsplit(client.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "k"}))
-    if not url.hostname or not url.path.endswith("/k"):
+    """Find where the client sends a PUT into ``bucket``; None if it would go through a proxy."""
+    url = urlsplit(_put_url(client, bucket, "k"))
+    if not url.hostname or not url.path.endswith("/k") or url.query:
         return None
     if urllib.request.getproxies().get(url.scheme) and not urllib.request.proxy_bypass(url.hostname):
         return None
     default = 443 if url.scheme == "https" else 80
     return _Target(url.scheme, url.hostname, url.port or default, url.netloc.rsplit("@", 1)[-1], url.path[:-1])
+
+
+def _put_url(client: Any, bucket: str, key: str) -> str:
+    """Let botocore resolve a PutObject's URL (endpoint rules, addressing style), then stop it before sending.
+
+    A ``before-call`` handler that returns a response ends the call there: botocore's Stubber works this way.
+    """
+    seen: list[str] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        seen.append(params["url"])
+        return AWSResponse(params["url"], 200, {}, None), {}
+
+    event, unique_id = "before-call.s3.PutObject", f"shipyard-put-url-{id(seen)}"
+    client.meta.events.register_first(event, capture, unique_id=unique_id)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
+    return seen[0]
 
 
 def _authorization(frozen: Any, region: str, path: str, signed: dict[str, str]) -> str:
