@@ -26,6 +26,8 @@ from shipyard.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTING = "SHIPYARD_STORE_URI"
+# Libraries whose exceptions mean "the store failed or cannot be reached".
+_TRANSPORT_MODULES = frozenset({"botocore", "aiohttp", "aiobotocore", "s3fs", "urllib3"})
 
 
 class AlreadyExists(StoreError):
@@ -169,9 +171,10 @@ class Store:
         except FileNotFoundError as exc:
             raise StoreError(f"{self.url(*parts)} not found in the store ({SETTING}={self.uri})") from exc
         except PermissionError as exc:
-            raise StoreError(f"access denied to {self.url(*parts)} (check credentials for {SETTING}={self.uri})") from exc
+            where = self.url(*parts)
+            raise StoreError(f"access denied to {where} (check credentials for {SETTING}={self.uri})") from exc
         except Exception as exc:  # botocore/aiohttp errors have no common base: translate once, here
-            if type(exc).__module__.split(".")[0] in {"botocore", "aiohttp", "aiobotocore", "s3fs", "urllib3"} or isinstance(exc, OSError):
+            if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES or isinstance(exc, OSError):
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise StoreError(f"store {self.uri} is unreachable or failed ({SETTING}): {reason}") from exc
             raise

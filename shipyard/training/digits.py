@@ -72,7 +72,8 @@ class DigitsRecipe:
         """Return two real digits (a 0 and a 1) as scaled pixels: the smoke test and the demo's curl send them."""
         from sklearn.datasets import load_digits
 
-        return (load_digits().data[:2] / 16.0).astype(np.float32)
+        rows: np.ndarray = (load_digits().data[:2] / 16.0).astype(np.float32)
+        return rows
 
     def serving_model(self, model: nn.Module) -> nn.Module:
         """Serve class probabilities."""
