@@ -35,6 +35,7 @@ from urllib.parse import quote, urlsplit
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 from botocore.httpsession import where
+from urllib3.util.wait import wait_for_read
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _RETRY_CODES = {"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "Throttling",
@@ -144,6 +145,8 @@ class SmallPuts:
                                                 context=self._context) if self._context is not None
                     else http.client.HTTPConnection(target.host, target.port, timeout=self._timeouts[0]))
             self._local.conn = conn
+        if conn.sock is not None and wait_for_read(conn.sock, timeout=0.0):  # the server closed it while idle
+            conn.close()
         if conn.sock is None:  # new, or closed after a 'Connection: close' answer
             conn.connect()
             sock = cast(socket.socket, conn.sock)  # typeshed does not know connect() sets it
