@@ -73,6 +73,12 @@ def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dic
     endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
     assert httpx.get(f"{endpoint}/version").json()["model_name"] == "digits-classifier"
 
+    # With the local server up, the CLI runs against it (not an ephemeral one) and links into its UI.
+    cli_run = _shipyard("run", "--epochs", "2", "--hidden-units", "32")
+    assert cli_run.returncode == 0, cli_run.stderr[-3000:]
+    assert f"({prefect_url}/runs/flow-run/" in cli_run.stdout
+    assert "cache hit: training" in cli_run.stdout + cli_run.stderr
+
     status = _shipyard("status")
     assert re.search(r"worker:\s+running", status.stdout) and re.search(r"inference:\s+running", status.stdout)
     down = _shipyard("down")
