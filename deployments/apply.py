@@ -13,7 +13,8 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.workers.process import ProcessWorker
 
 from deployments import DeploymentSpec, for_environment
-from shipyard.settings import Settings
+from shipyard.errors import ConfigError
+from shipyard.settings import Settings, redact
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,36 @@ def _cluster_pool_template(spec: DeploymentSpec) -> dict[str, Any]:
     return template
 
 
+# Settings a cluster pod needs to reach the same store, MLflow and pools as the machine that deployed.
+_CLUSTER_SETTINGS = ("store_uri", "mlflow_tracking_uri", "mlflow_experiment", "train_work_pool", "image",
+                     "kube_namespace")
+
+
+def cluster_env(settings: Settings) -> dict[str, str]:
+    """Return the SHIPYARD_* variables cluster flow runs get, refusing values that carry credentials."""
+    env = {"SHIPYARD_TRAIN_MODE": "cluster"}
+    for name in _CLUSTER_SETTINGS:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        variable = f"SHIPYARD_{name.upper()}"
+        if redact(str(value)) != str(value):
+            raise ConfigError(f"{variable} carries credentials: job variables are visible in the Prefect UI, so "
+                              "give pods credentials through IRSA or a Kubernetes secret instead")
+        env[variable] = str(value)
+    return env
+
+
 def deploy_cluster(settings: Settings) -> list[str]:
     """Create the Kubernetes work pools and the cluster deployments; return their names."""
+    env = cluster_env(settings)  # refuses credentials before anything is created
     names = []
     for spec in for_environment("cluster"):
         pool = spec.work_pool(settings)
         ensure_pool(pool, "kubernetes", _cluster_pool_template(spec))
         deployment = _deployment(spec, settings, IMAGE_WORKDIR)
         deployment.job_variables = {"image": settings.image, "namespace": settings.kube_namespace,
-                                    **deployment.job_variables}
+                                    "env": env, **deployment.job_variables}
         deployment.apply()
         names.append(spec.full_name)
     return names

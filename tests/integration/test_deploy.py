@@ -12,7 +12,8 @@ from shipyard.settings import Settings
 
 def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) -> None:
     settings = Settings(image="registry.example/shipyard:1.2.3", train_work_pool="deploy-gpu-train",
-                        pipeline_work_pool="deploy-cpu")
+                        pipeline_work_pool="deploy-cpu", store_uri="s3://ml-store/shipyard",
+                        mlflow_tracking_uri="https://mlflow.internal")
     names = deploy_cluster(settings)
     assert set(names) == {d.full_name for d in for_environment("cluster")}
     with get_client(sync_client=True) as client:
@@ -23,9 +24,13 @@ def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) ->
         assert train.work_pool_name == "deploy-gpu-train"
         assert train.job_variables["image"] == "registry.example/shipyard:1.2.3"
         assert train.path == str(IMAGE_WORKDIR) and train.entrypoint == "flows/train.py:train_flow"
+        # Pods reach the same store and MLflow as the deploying machine, and the pipeline trains on the cluster.
+        assert train.job_variables["env"]["SHIPYARD_STORE_URI"] == "s3://ml-store/shipyard"
+        assert train.job_variables["env"]["SHIPYARD_MLFLOW_TRACKING_URI"] == "https://mlflow.internal"
         pipeline = client.read_deployment_by_name("pipeline-flow/cluster")
         assert pipeline.work_pool_name == "deploy-cpu"
         assert pipeline.job_variables["service_account_name"] == "prefect-worker"
+        assert pipeline.job_variables["env"]["SHIPYARD_TRAIN_MODE"] == "cluster"
         assert [s.schedule.cron for s in pipeline.schedules] == ["0 2 * * *"]
 
 
@@ -40,3 +45,15 @@ def test_a_mistyped_job_variable_is_rejected_by_the_train_pool(prefect_api: str)
             client.create_flow_run_from_deployment(
                 deployment.id, parameters={"dataset": "digits", "dataset_version": "0" * 16},
                 job_variables={"gpu_cont": 2})
+
+
+def test_a_tracking_uri_with_credentials_is_never_written_into_a_deployment(prefect_api: str) -> None:
+    from shipyard.errors import ConfigError
+
+    settings = Settings(train_work_pool="deploy-gpu-train-secret", pipeline_work_pool="deploy-cpu-secret",
+                        mlflow_tracking_uri="https://bob:s3cret@mlflow.internal")
+    with pytest.raises(ConfigError, match="SHIPYARD_MLFLOW_TRACKING_URI carries credentials") as info:
+        deploy_cluster(settings)
+    assert "s3cret" not in str(info.value)
+    with get_client(sync_client=True) as client:  # refused before anything was created
+        assert "deploy-gpu-train-secret" not in {p.name for p in client.read_work_pools()}
