@@ -116,23 +116,10 @@ class Store:
                 return []
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
-    def put_file(self, local_path: str, *parts: str) -> None:
-        """Upload a local file."""
-        with self._errors(*parts):
-            if self.is_local:
-                os.makedirs(os.path.dirname(self.path(*parts)), exist_ok=True)
-            self.fs.put_file(local_path, self.path(*parts))
-
     def get_file(self, local_path: str, *parts: str) -> None:
         """Download an object to a local file."""
         with self._errors(*parts):
             self.fs.get_file(self.path(*parts), local_path)
-
-    def delete(self, *parts: str, recursive: bool = False) -> None:
-        """Remove an object or, with ``recursive``, a prefix."""
-        with self._errors(*parts):
-            if self.fs.exists(self.path(*parts)):
-                self.fs.rm(self.path(*parts), recursive=recursive)
 
     def s3_client(self, max_pool_connections: int = 32, **config: Any) -> Any:
         """Build a boto3 client with this store's credentials, endpoint and retry policy (S3 stores only).

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from shipyard.cli.runtime import choose_prefect_api, ui_url
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.settings import Settings, load_settings, redact
 
@@ -106,8 +106,6 @@ def _execute(params: dict[str, Any]) -> int:
 
 
 def _failure(state: Any) -> Exception:
-    from shipyard.errors import ShipyardError
-
     try:
         state.result()
     except ShipyardError as exc:

@@ -13,9 +13,9 @@ from shipyard.params import RegisterParams, TrainParams
 from tests.integration.conftest import S3
 
 
-def _state(s3: S3, keys: list[str]) -> dict[str, str]:
-    return {k: s3.client.head_object(Bucket=s3.bucket, Key=k)["ETag"] + str(
-        s3.client.head_object(Bucket=s3.bucket, Key=k)["LastModified"]) for k in keys}
+def _state(s3: S3, keys: list[str]) -> dict[str, tuple[str, str]]:
+    heads = {k: s3.client.head_object(Bucket=s3.bucket, Key=k) for k in keys}
+    return {k: (head["ETag"], str(head["LastModified"])) for k, head in heads.items()}
 
 
 def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
