@@ -6,6 +6,7 @@ Functions take an ``MlflowClient`` built by :func:`client`; nothing here touches
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -165,12 +166,12 @@ def _log_history(mlflow_client: Any, run_id: str, result: Any) -> None:
 
     from shipyard.training.curves import curves_png
 
+    stamp = int(time.time() * 1000)  # MLflow shows timestamp 0 as 1970 in its charts' wall-time axis
     metrics = []
     for entry in result.history:
-        stamp = 0
         values = {"train_loss": entry.train_loss, "epoch_seconds": entry.seconds, **entry.metrics}
         metrics += [Metric(k, float(v), stamp, entry.epoch) for k, v in values.items()]
-    metrics.append(Metric("samples_per_second", float(result.samples_per_second), 0, len(result.history)))
+    metrics.append(Metric("samples_per_second", float(result.samples_per_second), stamp, len(result.history)))
     mlflow_client.log_batch(run_id, metrics=metrics)
     if result.history:
         with tempfile.TemporaryDirectory() as tmp:
