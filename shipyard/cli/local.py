@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
                             "base job templates, deployments running SHIPYARD_IMAGE).")
     deploy.add_argument("environment", choices=["local", "cluster"])
     deploy.set_defaults(func=cmd_deploy)
-    status = sub.add_parser("status", help="show settings, running services, datasets and the champion")
+    status = sub.add_parser("status", help="show the store, MLflow, running services and each model's champion")
     status.add_argument("--settings", action="store_true", help="list every SHIPYARD_* setting and exit")
     status.set_defaults(func=cmd_status)
 
