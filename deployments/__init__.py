@@ -46,7 +46,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
                    "Training alone on this machine.", tags=("local",)),
     DeploymentSpec("flows/pipeline.py:pipeline_flow", "cluster", "pipeline_work_pool",
                    "The whole pipeline on EKS, nightly at 02:00 UTC; training goes to the gpu-train pool.",
-                   cron="0 2 * * *", tags=("cluster",),
+                   cron="0 2 * * *", tags=("cluster",), job_template="pipeline",
                    # The pipeline pod launches and watches training Jobs: the worker's RBAC (infra/k8s/base.yaml).
                    job_variables={"service_account_name": "prefect-worker"}),
     DeploymentSpec("flows/train.py:train_flow", "cluster", "train_work_pool",

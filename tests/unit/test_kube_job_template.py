@@ -25,12 +25,12 @@ TYPICAL = {"image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shipyard:0.1.0
            "memory_limit": "64Gi", "unschedulable_timeout_seconds": 600}
 
 
-def render(values: dict[str, Any]) -> dict[str, Any]:
+def render(values: dict[str, Any], template: str = "gpu-train") -> dict[str, Any]:
     """Return the Job manifest a Kubernetes worker would create for a flow run with these job variables."""
     # A client is passed only so that rendering does not start a temporary Prefect server; with no block
     # references in the template it is never called.
     config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(
-        load("gpu-train"), values, client=PrefectClient("http://127.0.0.1:9/api")))
+        load(template), values, client=PrefectClient("http://127.0.0.1:9/api")))
     config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="calm-otter", flow_id=uuid.uuid4()))
     return copy.deepcopy(config.job_manifest)
 
@@ -46,6 +46,13 @@ def without_prefect_pod_fields(job: dict[str, Any]) -> dict[str, Any]:
 def test_the_rendered_job_passes_strict_validation_for_the_eks_version(values: dict[str, Any]) -> None:
     job = without_prefect_pod_fields(render(values))
     kubernetes_validate.validate(job, EKS_KUBERNETES, strict=True)
+
+
+def test_the_rendered_pipeline_job_passes_strict_validation_and_runs_on_system_nodes() -> None:
+    job = without_prefect_pod_fields(render({"image": TYPICAL["image"]}, template="pipeline"))
+    kubernetes_validate.validate(job, EKS_KUBERNETES, strict=True)
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"role": "system"}
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "prefect-worker"
 
 
 def test_strict_validation_lets_nothing_else_through() -> None:
@@ -100,8 +107,9 @@ def test_a_mistyped_or_invalid_job_variable_is_rejected(values: dict[str, Any], 
     assert complaint in caught.value.message
 
 
-def test_every_variable_is_documented_and_used() -> None:
-    template = load("gpu-train")
+@pytest.mark.parametrize("name", ["gpu-train", "pipeline"])
+def test_every_variable_is_documented_and_used(name: str) -> None:
+    template = load(name)
     text = str(template["job_configuration"])
     for name, prop in template["variables"]["properties"].items():
         assert prop.get("description"), name
