@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "tests" / "schemas"
 CLUSTER_SCHEMA = "eksctl-clusterconfig-v1alpha5.schema.json"
 # Each Helm values file and the chart schema it is validated against.
-VALUES_SCHEMAS = {"prefect-worker-": "prefect-worker-values.schema.json"}
+VALUES_SCHEMAS = {"prefect-worker-": "prefect-worker-values.schema.json",
+                  "prefect-server.": "prefect-server-values.schema.json"}
 UNIFIED, DEDICATED_TRAIN, DEDICATED_INFERENCE = CLUSTER_CONFIGS
 
 
@@ -266,3 +267,21 @@ def test_no_secret_is_committed_under_infra() -> None:
                 for variable in container.get("env", []):
                     if any(w in variable["name"] for w in ("PASSWORD", "SECRET", "TOKEN")):
                         assert "valueFrom" in variable, variable["name"]
+
+
+def test_the_inference_cluster_reaches_mlflow_through_an_internal_load_balancer_only() -> None:
+    service = load_all(INFRA / "k8s" / "dedicated" / "mlflow-internal.yaml")[0]
+    assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
+    assert service["spec"]["selector"] == _mlflow("Deployment")["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["loadBalancerSourceRanges"] == [_cluster(DEDICATED_INFERENCE)["vpc"]["cidr"]]
+    hosts = _args(_mlflow("Deployment")["spec"]["template"]["spec"]["containers"][0])["allowed-hosts"].split(",")
+    region = _cluster(DEDICATED_TRAIN)["metadata"]["region"]
+    assert f"*.elb.{region}.amazonaws.com:5000" in hosts  # the load balancer's DNS name, as the Host header
+
+
+@pytest.mark.parametrize("values", _values_files(), ids=lambda p: p.name)
+def test_helm_releases_run_on_the_system_group(values: Path) -> None:
+    document = yaml.safe_load(values.read_text())
+    component = document.get("worker") or document["server"]
+    assert component["nodeSelector"] == _groups(UNIFIED)["system"]["labels"]
+    assert "password" not in json.dumps(document).lower()  # given at install time, never committed

@@ -114,10 +114,11 @@ def test_infra_has_workloads_to_check() -> None:
 
 
 @pytest.mark.parametrize("values", sorted((INFRA / "helm").glob("*.values.yaml")), ids=lambda p: p.name)
-def test_the_prefect_workers_meet_the_restricted_profile(values: Path) -> None:
-    worker = yaml.safe_load(values.read_text())["worker"]
-    pod = {"securityContext": worker["podSecurityContext"],
-           "containers": [{"name": "prefect-worker", "securityContext": worker["containerSecurityContext"]}]}
+def test_the_prefect_server_and_workers_meet_the_restricted_profile(values: Path) -> None:
+    component = yaml.safe_load(values.read_text())
+    component = component.get("worker") or component["server"]
+    pod = {"securityContext": component["podSecurityContext"],
+           "containers": [{"name": "prefect", "securityContext": component["containerSecurityContext"]}]}
     assert restricted_violations(pod) == []
 
 
