@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,15 @@ def test_helm_releases_run_on_the_system_group(values: Path) -> None:
     component = document.get("worker") or document["server"]
     assert component["nodeSelector"] == _groups(UNIFIED)["system"]["labels"]
     assert "password" not in json.dumps(document).lower()  # given at install time, never committed
+
+
+def test_the_docs_fill_in_every_placeholder_of_each_file_they_apply() -> None:
+    """`envsubst '$A'` leaves any other ${B} as it is: each command must name exactly its file's placeholders."""
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    commands = re.findall(r"envsubst '([^']*)' < (\S+)", docs)
+    templated = {p.relative_to(REPO).as_posix(): set(re.findall(r"\$\{([A-Z_]+)\}", p.read_text()))
+                 for p in INFRA.rglob("*") if p.is_file() and "${" in p.read_text() and p.suffix in {".yaml", ".json"}
+                 and p.parent.name != "iam"}
+    assert {path for _, path in commands} == set(templated)
+    for names, path in commands:
+        assert set(re.findall(r"\$([A-Z_]+)", names)) == templated[path], path
