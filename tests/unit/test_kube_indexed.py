@@ -149,7 +149,8 @@ def test_the_first_failure_decides_and_a_killed_worker_counts_as_lost() -> None:
     killed = _pod("p1", "1", code=137, reason="OOMKilled", finished="2026-01-01T00:00:05Z")
     found = indexed.failures([running, peer_failed, killed])
     assert [(f.pod, f.lost) for f in found] == [("p1", True), ("p0", False)]
-    assert found[0].describe() == "pod p1 (node 1) ended with exit code 137 (OOMKilled): error: batch_size 5000 is larger"
+    assert found[0].describe() == ("pod p1 (node 1) ended with exit code 137 (OOMKilled): "
+                                   "error: batch_size 5000 is larger")
     own = indexed.failures([_pod("p1", "1", code=1), _pod("p0", "0", code=143, finished="2026-01-01T00:00:07Z")])
     assert not own[0].lost and own[0].exit_code == 1  # a code error first: the others were stopped after it
     assert indexed.failures([_pod("p0", "0", phase="Running", disrupted=True)])[0].lost
