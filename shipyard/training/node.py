@@ -1,10 +1,11 @@
 """What each pod of a multi-node training Job runs: pull the data, then become torchrun for this node.
 
 ``python -m shipyard.training.node --nnodes N --nproc-per-node P --rdzv-endpoint HOST:PORT --rdzv-id ID
---dataset D --version V --params FILE``
+--rdzv-timeout S --dataset D --version V --params FILE --node-rank $(JOB_COMPLETION_INDEX)``
 
-Kubernetes numbers the pods of an Indexed Job through ``JOB_COMPLETION_INDEX``; this module turns it into
-torchrun's ``--node-rank`` and makes index 0 host the c10d rendezvous store (the endpoint is index 0's stable
+Kubernetes numbers the pods of an Indexed Job through ``JOB_COMPLETION_INDEX``, and the kubelet expands
+``$(JOB_COMPLETION_INDEX)`` in the container's arguments from it; this module turns it into torchrun's
+``--node-rank`` and makes index 0 host the c10d rendezvous store (the endpoint is index 0's stable
 DNS name). torchrun then starts ``P`` workers of ``python -m shipyard.training``, which join one process
 group of ``N x P`` ranks (NCCL on GPUs, gloo on CPUs). ``--max-restarts=0``: a lost worker ends this node's
 torchrun, so the whole attempt fails and the next attempt resumes from the newest checkpoint.
@@ -26,6 +27,7 @@ from shipyard.storage import filesystem
 
 # Set by the Job controller in every pod of an Indexed Job (Kubernetes' contract, not a Shipyard setting).
 INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
+NODE_RANK_ARGUMENT = f"$({INDEX_VARIABLE})"  # expanded by the kubelet
 RENDEZVOUS_PORT = 29400
 
 
@@ -47,7 +49,7 @@ class NodeArgs:
         return ["--nnodes", str(self.nnodes), "--nproc-per-node", str(self.nproc_per_node),
                 "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", self.rdzv_id,
                 "--rdzv-timeout", str(self.rdzv_timeout_seconds), "--dataset", self.dataset,
-                "--version", self.version, "--params", str(self.params_file)]
+                "--version", self.version, "--params", str(self.params_file), "--node-rank", NODE_RANK_ARGUMENT]
 
     def command(self) -> list[str]:
         """Return the container command: this module with these arguments."""
@@ -74,14 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="dataset name in the store")
     parser.add_argument("--version", required=True, help="dataset version id")
     parser.add_argument("--params", required=True, type=Path, help="JSON file with the training params")
+    parser.add_argument("--node-rank", required=True, help=f"this pod's index: {NODE_RANK_ARGUMENT} in the Job")
     return parser
 
 
-def _node_rank(nnodes: int) -> int:
-    raw = os.environ.get(INDEX_VARIABLE)
-    if raw is None or not raw.isdigit() or int(raw) >= nnodes:
-        raise ShipyardError(f"{INDEX_VARIABLE}={raw!r} is not a node index below {nnodes}; "
-                            "this module runs in the pods of an Indexed Job")
+def _node_rank(raw: str, nnodes: int) -> int:
+    if not raw.isdigit() or int(raw) >= nnodes:
+        raise ShipyardError(f"--node-rank '{raw}' is not a node index below {nnodes}; this module runs in the pods "
+                            f"of an Indexed Job, where the kubelet expands {NODE_RANK_ARGUMENT}")
     return int(raw)
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = NodeArgs(ns.nnodes, ns.nproc_per_node, ns.rdzv_endpoint, ns.rdzv_id, ns.rdzv_timeout, ns.dataset,
                     ns.version, ns.params)
     try:
-        rank = _node_rank(args.nnodes)
+        rank = _node_rank(ns.node_rank, args.nnodes)
         settings = load_settings()
         data_dir = datasets.pull(filesystem(settings), args.dataset, args.version,
                                  settings.home / "cache" / "datasets")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,11 @@ def _plan(staged: Staged, params: TrainParams, name: str) -> indexed.JobPlan:
                            procs_per_node=params.procs_per_node, env={"SHIPYARD_STORE_URI": staged.uri})
 
 
+def _kubelet_expand(part: str, env: dict[str, str]) -> str:
+    """Expand $(VAR) in a command part from the container's environment, as the kubelet does."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), part)
+
+
 def _start_pods(plan: indexed.JobPlan, tmp: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:
     """Start one process per pod of the Job, with the pod's command and env, as the kubelet would."""
     job = indexed.job_manifest(plan)
@@ -81,9 +87,10 @@ def _start_pods(plan: indexed.JobPlan, tmp: Path) -> list[tuple[subprocess.Popen
     for index in range(job["spec"]["completions"]):
         env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]},
                "JOB_COMPLETION_INDEX": str(index), "SHIPYARD_HOME": str(tmp / f"{plan.name}-pod{index}")}
+        expanded = [_kubelet_expand(part, env) for part in command]
         log = tmp / f"{plan.name}-pod{index}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(expanded, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         started.append((proc, log))
     return started
 

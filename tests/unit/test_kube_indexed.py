@@ -117,16 +117,14 @@ def test_torchrun_gets_the_node_rank_and_index_zero_hosts_the_rendezvous() -> No
     assert "--rdzv-conf=join_timeout=900,is_host=1" in first and "--rdzv-conf=join_timeout=900,is_host=0" in second
 
 
-@pytest.mark.parametrize("index", [None, "4", "x"])
+@pytest.mark.parametrize("index", ["$(JOB_COMPLETION_INDEX)", "4", "-1"])
 def test_a_pod_without_a_valid_completion_index_says_so_in_one_line(
-        index: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    if index is None:
-        monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
-    else:
-        monkeypatch.setenv("JOB_COMPLETION_INDEX", index)
-    assert node.main(_plan().node_args().argv()) == 1
+        index: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _plan().node_args().argv()
+    assert argv[-2:] == ["--node-rank", "$(JOB_COMPLETION_INDEX)"]  # the kubelet expands it in each pod
+    assert node.main([*argv[:-1], index]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: JOB_COMPLETION_INDEX=") and "below 4" in err and "\n" not in err
+    assert err.startswith(f"error: --node-rank '{index}' is not a node index below 4") and "\n" not in err
 
 
 def _pod(name: str, index: str, *, code: int | None = None, finished: str = "2026-01-01T00:00:05Z",
