@@ -7,6 +7,7 @@ from prefect import flow
 from shipyard.params import TrainParams
 from shipyard.settings import TrainMode, load_settings
 from shipyard.training import TrainResult
+from tasks.multinode import train_across_nodes
 from tasks.train import fit_model, launch_training
 
 # The row of deployments/__init__.py that runs this flow on the gpu-train Kubernetes work pool.
@@ -21,13 +22,20 @@ def train_flow(dataset: str, dataset_version: str, training: TrainParams = Train
     2. Train on every visible GPU (one torchrun worker each when there are several), else the CPU,
        checkpointing to the store; on SIGTERM checkpoint first; a restarted run resumes from the newest checkpoint.
     3. Save the weights, per-epoch metrics and curves (a finished run is never repeated).
+    With nodes > 1, steps 1-2 run in the pods of an Indexed Job on the train node group instead (a lost worker
+    fails the attempt; the next attempt resumes from the newest checkpoint).
     """
+    if training.nodes > 1:
+        return train_across_nodes(dataset, dataset_version, training)
     return fit_model(dataset, dataset_version, training)
 
 
 def run_training(dataset: str, dataset_version: str, training: TrainParams,
                  deployment: str = TRAIN_DEPLOYMENT) -> TrainResult:
-    """Train where the settings say: in this process (local), or as the train deployment on the GPU pool (cluster)."""
-    if load_settings().train_mode is TrainMode.cluster:
+    """Train where the settings say: in this process (local), or as the train deployment on the GPU pool (cluster).
+
+    Several nodes (``training.nodes > 1``) are launched as an Indexed Job from here, without a pod in between.
+    """
+    if load_settings().train_mode is TrainMode.cluster and training.nodes == 1:
         return launch_training(dataset, dataset_version, training, deployment)
     return train_flow(dataset, dataset_version, training)

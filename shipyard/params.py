@@ -61,6 +61,21 @@ class TrainParams(_Params):
         title="Checkpoint every N steps",
         description="Write a checkpoint to the store every N optimizer steps (0: at the end of each epoch only).",
     )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        title="Nodes",
+        description="Training pods on the train node group; above 1, an Indexed Job trains across them with torchrun "
+        "(cluster only, see docs/training.md).",
+    )
+    procs_per_node: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        title="Processes per node",
+        description="Training processes (and GPUs) per pod when nodes is above 1: one torchrun worker per GPU.",
+    )
 
     @field_validator("entrypoint")
     @classmethod

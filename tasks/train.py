@@ -77,12 +77,20 @@ def _publish(result: TrainResult) -> None:
         key="training-metrics", description=f"training {result.key} on {result.device}",
     )
     png = base64.b64encode(curves_png(result.history, title=f"training {result.key}")).decode()
-    device = result.gpu or result.device
-    heading = f"### Training {result.key} on {device} (x{result.world_size})"
     create_markdown_artifact(
-        f"{heading}\n\n![loss and accuracy](data:image/png;base64,{png})",
+        f"{summary(result)}\n\n![loss and accuracy](data:image/png;base64,{png})",
         key="training-curves", description="loss and accuracy per epoch",
     )
+
+
+def summary(result: TrainResult) -> str:
+    """Return the curves artifact's heading: device, nodes, processes, and throughput overall and per rank."""
+    device = result.gpu or result.device
+    lines = [f"### Training {result.key} on {device} ({result.nodes} node{'s' if result.nodes > 1 else ''}, "
+             f"world size {result.world_size})", "", f"{result.samples_per_second:,.0f} samples/s"]
+    if len(result.rank_samples_per_second) > 1:
+        lines[-1] += "; per rank: " + ", ".join(f"{r}: {v:,.0f}" for r, v in enumerate(result.rank_samples_per_second))
+    return "\n".join(lines)
 
 
 @task(cache_policy=NO_CACHE)

@@ -1,4 +1,4 @@
-"""An in-process fake Kubernetes API server over HTTP: enough of pods, jobs and events for our clients.
+"""An in-process fake Kubernetes API server over HTTP: enough of pods, jobs, services and events for our clients.
 
 Supports GET (one object), LIST (label and field selectors, resourceVersion), WATCH (``watch=true``, streamed
 JSON lines, honouring ``timeoutSeconds``), POST (create) and DELETE (Jobs take their pods with them unless
@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, urlparse
 from tests.servers import free_port
 
 # resource plural -> (API prefix, kind)
-RESOURCES = {"pods": ("/api/v1", "Pod"), "events": ("/api/v1", "Event"), "jobs": ("/apis/batch/v1", "Job")}
+RESOURCES = {"pods": ("/api/v1", "Pod"), "events": ("/api/v1", "Event"), "jobs": ("/apis/batch/v1", "Job"),
+             "services": ("/api/v1", "Service")}
 _PATH = re.compile(
     r"^(?P<prefix>/api/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>\w+)(?:/(?P<name>[^/]+))?$")
 
@@ -72,7 +73,7 @@ class FakeKube:
         return obj
 
     def remove(self, plural: str, namespace: str, name: str, cascade: bool = True) -> dict[str, Any] | None:
-        """Delete an object (and, for a Job with cascade, its pods)."""
+        """Delete an object (and, with cascade, a Job's pods and whatever names it in its ownerReferences)."""
         with self.lock:
             obj = self.objects.pop((plural, namespace, name), None)
             if obj is not None:
@@ -81,6 +82,11 @@ class FakeKube:
                 for key in [k for k, o in self.objects.items() if k[0] == "pods" and k[1] == namespace
                             and o["metadata"].get("labels", {}).get("job-name") == name]:
                     self._record("DELETED", "pods", self.objects.pop(key))
+            if obj is not None and cascade:  # the garbage collector, for dependents of the deleted object
+                uid = obj["metadata"]["uid"]
+                for key in [k for k, o in self.objects.items()
+                            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences", []))]:
+                    self._record("DELETED", key[0], self.objects.pop(key))
         return obj
 
     def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Training: the recipe protocol, the trainer loop, checkpoints, preemption and single-node DDP."""
+"""Training: the recipe protocol, the trainer loop, checkpoints, preemption and DDP on one or several nodes."""
 
 from shipyard.training.loop import EpochMetrics
 from shipyard.training.preemption import Preempted

@@ -1,9 +1,9 @@
-"""Single-node data parallelism: how many processes to run, the torchrun command, and each worker's world.
+"""Data parallelism: how many processes to run, the torchrun command, and each worker's world.
 
 With more than one visible GPU the train task does not train in-process: it starts
 ``torchrun --standalone --nproc-per-node=<gpus> -m shipyard.training ...`` and each worker joins the
-process group here (NCCL on GPUs, gloo on CPUs). Multi-node (``--nnodes`` with a rendezvous endpoint)
-is the documented next step, see docs/training.md.
+process group here (NCCL on GPUs, gloo on CPUs). Across several nodes each pod of an Indexed Job runs
+torchrun with a c10d rendezvous instead (:mod:`shipyard.training.node`); the workers join the same way.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def leave(world: World) -> None:
 def _device(rank: int) -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    # Single node: the rank is the local rank. On several homogeneous nodes the modulo still holds.
-    return torch.device("cuda", rank % torch.cuda.device_count())
+    # The rank within this node (torchrun's LOCAL_RANK) picks the GPU; a world of one has rank 0.
+    return torch.device("cuda", dist.get_node_local_rank(fallback_rank=rank) % torch.cuda.device_count())
 
 
 def any_rank(world: World, flag: bool) -> bool:
@@ -91,6 +91,15 @@ def mean_over_ranks(world: World, value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=world.device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / world.size
+
+
+def gather_over_ranks(world: World, value: float) -> list[float]:
+    """Return a scalar from every rank, in rank order (every rank must call this at the same step)."""
+    if world.size == 1:
+        return [value]
+    tensors = [torch.zeros(1, dtype=torch.float64, device=world.device) for _ in range(world.size)]
+    dist.all_gather(tensors, torch.tensor([value], dtype=torch.float64, device=world.device))
+    return [float(t.item()) for t in tensors]
 
 
 def barrier(world: World) -> None:

@@ -13,12 +13,12 @@ import logging
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import shipyard
 from shipyard.params import TrainParams
 from shipyard.storage import Store
-from shipyard.training.distributed import World, barrier, join, leave
+from shipyard.training.distributed import World, barrier, gather_over_ranks, join, leave
 from shipyard.training.loop import EpochCallback, EpochMetrics, Loop, validate_for_data
 from shipyard.training.recipe import load_recipe
 
@@ -43,6 +43,8 @@ class TrainResult(BaseModel):
     samples_per_second: float
     resumed_from_step: int | None
     model_url: str
+    nodes: int = 1  # training pods (Indexed Job) the world spanned; world_size counts processes
+    rank_samples_per_second: list[float] = Field(default_factory=list)  # each rank's own throughput, rank order
 
     def model_parts(self) -> tuple[str, ...]:
         """Return the store path parts of the trained weights."""
@@ -96,8 +98,9 @@ def train(store: Store, dataset: str, version: str, params: TrainParams, data_di
         loop = Loop(store, checkpoint_prefix(key), params, recipe, data_dir, world)
         loop.resume()
         loop.run(on_epoch)
+        rates = gather_over_ranks(world, _rank_rate(loop))
         if world.is_main:
-            _save_result(store, key, dataset, version, params, loop, world)
+            _save_result(store, key, dataset, version, params, loop, world, rates)
         barrier(world)
         result = cached_result(store, key)
     finally:
@@ -107,12 +110,23 @@ def train(store: Store, dataset: str, version: str, params: TrainParams, data_di
     return result
 
 
+def _ran(loop: Loop) -> list[EpochMetrics]:
+    """Return the epochs this process trained (not those restored from a checkpoint)."""
+    return [h for h in loop.history if loop.resumed_from is None or h.step > loop.resumed_from]
+
+
+def _rank_rate(loop: Loop) -> float:
+    """Return this rank's own samples per second over the epochs it trained."""
+    ran = _ran(loop)
+    return sum(h.samples for h in ran) / loop.world.size / (sum(h.seconds for h in ran) or 1e-9)
+
+
 def _save_result(store: Store, key: str, dataset: str, version: str, params: TrainParams, loop: Loop,
-                 world: World) -> None:
+                 world: World, rates: list[float]) -> None:
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in loop.model.state_dict().items()}, buffer)
     store.write_bytes(buffer.getvalue(), *training_prefix(key), "model.pt")
-    ran = [h for h in loop.history if loop.resumed_from is None or h.step > loop.resumed_from]
+    ran = _ran(loop)
     seconds = sum(h.seconds for h in ran) or 1e-9
     result = TrainResult(
         key=key, dataset=dataset, dataset_version=version, params=params, device=world.device.type,
@@ -121,6 +135,7 @@ def _save_result(store: Store, key: str, dataset: str, version: str, params: Tra
         metrics=loop.history[-1].metrics if loop.history else {},
         samples_per_second=sum(h.samples for h in ran) / seconds,
         resumed_from_step=loop.resumed_from, model_url=store.url(*training_prefix(key), "model.pt"),
+        nodes=params.nodes, rank_samples_per_second=rates,
     )
     # Written last: its presence is what marks this training run as finished (the cache key).
     store.write_bytes(result.model_dump_json(indent=2).encode(), *training_prefix(key), "result.json")
