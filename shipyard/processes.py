@@ -149,7 +149,11 @@ def _live(home: Path, name: str) -> Service | None:
     if service is not None and running(service):
         return service
     if _record(home, name).exists():
-        if service is not None and alive(service.pid):
+        if service is not None and service.started is None and alive(service.pid):
+            log.warning("record of %s (pid %d) was written by an older Shipyard and cannot prove that pid is still "
+                        "its process; removing the record and leaving pid %d alone (stop it by hand if it is yours)",
+                        name, service.pid, service.pid)
+        elif service is not None and alive(service.pid):
             log.warning("record of %s names pid %d, which is now another process (or predates a reboot); "
                         "removing the record and leaving the process alone", name, service.pid)
         _record(home, name).unlink(missing_ok=True)
@@ -203,6 +207,8 @@ def _start(home: Path, name: str, cmd: Sequence[str], health_url: str | None, ur
 
 def find(home: Path, name: str) -> Service | None:
     """Return the recorded service if its own process still runs (waits while it is being started or stopped)."""
+    if not _record(home, name).exists():
+        return None  # nothing recorded: no need to create <home>/run for the lock
     with _locked(home, name):
         return _live(home, name)
 
@@ -232,6 +238,8 @@ def stop(home: Path, name: str) -> Service | None:
 
     A stale record (its pid now another process's, or from before a reboot) is removed without a signal.
     """
+    if not _record(home, name).exists():
+        return None
     with _locked(home, name):
         service = _live(home, name)
         if service is None:

@@ -192,6 +192,10 @@ def test_a_service_whose_starter_was_killed_mid_start_is_still_stopped_by_down(h
     finally:
         starter.kill()  # kill -9 while the service has not answered yet
         starter.wait()
-    done = _down()
-    assert done.returncode == 0 and "mlflow-ui" in done.stdout
-    assert not processes.alive(pid) and not record.exists()
+    try:
+        done = _down()
+        assert done.returncode == 0 and "mlflow-ui" in done.stdout
+        assert not processes.alive(pid) and not record.exists()
+    finally:
+        if processes.alive(pid):
+            os.killpg(pid, signal.SIGKILL)  # whatever failed, leave no `sleep` behind
