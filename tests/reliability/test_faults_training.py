@@ -129,6 +129,7 @@ def test_at_a_100_percent_fault_rate_training_fails_in_one_line_and_publishes_no
     message = str(caught.value)
     print(f"\n{message}")
     assert "\n" not in message and "s3://shipyard-test/store" in message and "SHIPYARD_STORE_URI" in message
+    assert "at s3://shipyard-test/store/training/" in message and "[Errno" not in message
     assert s3.keys() == []
 
 
