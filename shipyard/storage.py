@@ -162,8 +162,10 @@ class Store:
             raise StoreError(f"access denied to {where} (check credentials for {SETTING}={self.uri})") from exc
         except Exception as exc:  # botocore/aiohttp errors have no common base: translate once, here
             if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES or isinstance(exc, OSError):
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise StoreError(f"store {self.uri} is unreachable or failed ({SETTING}): {reason}") from exc
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # no '[Errno 16]'
+                reason = text.splitlines()[0] if text else type(exc).__name__
+                at = f" at {self.url(*parts)}" if parts else ""
+                raise StoreError(f"store {self.uri} is unreachable or failed{at} ({SETTING}): {reason}") from exc
             raise
 
 

@@ -8,6 +8,7 @@ fault injected (or the upstream status) and the SDK's attempt header, so tests c
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -52,6 +53,8 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.events: list[Event] = []
         self.bytes_received = 0  # request-body bytes clients sent through the proxy
+        self.injected = 0  # faults injected, delays included
+        self._chaos: tuple[float, tuple[str, ...], float, random.Random] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -73,9 +76,17 @@ class FaultProxy:
             self.rules.append(Rule(fault, method, path, times, delay))
 
     def clear(self) -> None:
-        """Drop every rule still armed."""
+        """Drop every rule still armed, and stop random faults."""
         with self._lock:
             self.rules.clear()
+            self._chaos = None
+
+    def randomly(self, rate: float, faults: tuple[str, ...] = ("reset", "500", "503-slowdown", "delay"),
+                 delay: float = 0.2, seed: int = 0) -> None:
+        """Inject one of ``faults`` into each request (any method) with probability ``rate``, from a seeded draw."""
+        assert 0 <= rate <= 1 and set(faults) <= FAULTS, (rate, faults)
+        with self._lock:
+            self._chaos = (rate, faults, delay, random.Random(seed))
 
     def take(self, method: str, path: str) -> Rule | None:
         """Return (and use up one shot of) the first armed rule matching a request."""
@@ -83,7 +94,13 @@ class FaultProxy:
             for rule in self.rules:
                 if rule.times > 0 and rule.method == method and rule.path in path:
                     rule.times -= 1
+                    self.injected += 1
                     return rule
+            if self._chaos is not None:
+                rate, faults, delay, draw = self._chaos
+                if draw.random() < rate:
+                    self.injected += 1
+                    return Rule(draw.choice(faults), method, path, delay=delay)
         return None
 
     def record(self, event: Event, body_bytes: int = 0) -> None:

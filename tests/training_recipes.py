@@ -78,3 +78,41 @@ class NotARecipe:
 def not_a_recipe(params: TrainParams) -> NotARecipe:
     """An entrypoint that returns the wrong thing."""
     return NotARecipe()
+
+
+class Curriculum(DigitsRecipe):
+    """Digits with label smoothing for its first steps, counted in the checkpointed recipe state.
+
+    The count lives only in ``ctx.state`` (not ``ctx.step``), so a resumed run trains like an uninterrupted
+    one only if the trainer restores that state: otherwise smoothing restarts and the weights differ.
+    """
+
+    smooth_steps = 40
+    sigterm_at_step: int | None = None
+    armed = True  # once per arming, as SigtermAtStep
+
+    def training_step(self, model: nn.Module, batch: Any, ctx: TrainContext) -> torch.Tensor:
+        if ctx.step == self.sigterm_at_step and Curriculum.armed:
+            Curriculum.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        seen = ctx.state.get("seen", 0)
+        ctx.state["seen"] = seen + 1
+        x, y = (t.to(ctx.device) for t in batch)
+        smoothing = 0.3 if seen < self.smooth_steps else 0.0
+        return nn.functional.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+
+class CurriculumSigterm(Curriculum):
+    """The curriculum recipe, evicted by SIGTERM in the middle of step 30 (epoch 2)."""
+
+    sigterm_at_step = 30
+
+
+def curriculum(params: TrainParams) -> Curriculum:
+    """Entrypoint of the curriculum recipe."""
+    return Curriculum(params)
+
+
+def curriculum_sigterm(params: TrainParams) -> CurriculumSigterm:
+    """Entrypoint of the curriculum recipe that evicts itself once."""
+    return CurriculumSigterm(params)

@@ -53,14 +53,26 @@ def _watch(fake: fakekube.FakeKube, clock: Clock) -> SchedulingWatch:
     return SchedulingWatch(client(NS, KubeConfig.from_dict(fake.kubeconfig(NS))), NS, "run-1", clock=clock)
 
 
+def _event(fake: fakekube.FakeKube, name: str, reason: str, message: str, at: str,
+           pod: str = "calm-otter-abc12-x7k2p") -> None:
+    fake.put("events", {"metadata": {"name": name, "namespace": NS}, "reason": reason,
+                        "involvedObject": {"kind": "Pod", "name": pod}, "message": message, "lastTimestamp": at})
+
+
 def test_unschedulable_pod_past_the_timeout_fails_with_the_schedulers_reason_and_deletes_the_job(
         kube: fakekube.FakeKube) -> None:
     clock, watch = Clock(), None
     _job(kube, "run-1", timeout="60s")
-    _pod(kube, scheduled=False)
-    kube.put("events", {"metadata": {"name": "ev1", "namespace": NS}, "reason": "FailedScheduling",
-                        "involvedObject": {"kind": "Pod", "name": "calm-otter-abc12-x7k2p"},
-                        "message": REASON, "lastTimestamp": "2026-01-01T00:00:00Z"})
+    # The pod condition keeps an older verdict (two nodes); the newest FailedScheduling event of this pod says
+    # what blocks it now (three nodes, none with a free GPU). The message must be that event's.
+    _pod(kube, scheduled=False, message="0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+    _event(kube, "ev0", "FailedScheduling", "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+           "2026-01-01T00:00:00Z")
+    _event(kube, "ev1", "FailedScheduling", REASON, "2026-01-01T00:05:00Z")
+    _event(kube, "ev2", "NotTriggerScaleUp", "pod didn't trigger scale-up: max node group size reached",
+           "2026-01-01T00:06:00Z")
+    _event(kube, "ev3", "FailedScheduling", "0/3 nodes are available: another pod's reason",
+           "2026-01-01T00:07:00Z", pod="someone-else-x1")
     watch = _watch(kube, clock)
     watch.check()  # first sight: the clock starts
     clock.now += 59
@@ -70,7 +82,8 @@ def test_unschedulable_pod_past_the_timeout_fails_with_the_schedulers_reason_and
     with pytest.raises(KubeError) as caught:
         watch.check()
     message = str(caught.value)
-    assert "shipyard/calm-otter-abc12" in message and "61s" in message and REASON in message
+    assert "shipyard/calm-otter-abc12" in message and "61s" in message
+    assert message.endswith(f"the scheduler said: {REASON}")  # the newest event of this pod, not the condition
     assert "\n" not in message
     assert kube.get("jobs", NS, "calm-otter-abc12") is None
     assert kube.get("pods", NS, "calm-otter-abc12-x7k2p") is None  # deleted with the job (background cascade)

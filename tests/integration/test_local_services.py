@@ -14,10 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shipyard import processes
 from tests.servers import free_port
 
 SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+SERVICES = ("prefect-server", "mlflow-ui", "worker", "inference")  # what `up` and a pipeline run start
 
 
 @pytest.fixture
@@ -80,10 +82,16 @@ def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dic
     assert "cache hit: training" in cli_run.stdout + cli_run.stderr
 
     status = _shipyard("status")
-    assert re.search(r"worker:\s+running", status.stdout) and re.search(r"inference:\s+running", status.stdout)
+    pids = {name: int(pid) for name, pid in re.findall(r"^([a-z-]+):\s+running \(pid (\d+)\)", status.stdout, re.M)}
+    assert pids.keys() == set(SERVICES), status.stdout
     down = _shipyard("down")
     assert down.returncode == 0
-    assert "inference" in down.stdout and "prefect-server" in down.stdout
+    assert sorted(down.stdout.removeprefix("Stopped: ").strip().split(", ")) == sorted(SERVICES)
+    assert not [name for name, pid in pids.items() if processes.alive(pid)]  # every process is gone, not only named
+    after = _shipyard("status").stdout
+    assert all(re.search(rf"^{name}:\s+stopped$", after, re.M) for name in SERVICES), after
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{local_ports['SHIPYARD_MLFLOW_UI_PORT']}/health", timeout=2)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{prefect_url}/api/health", timeout=2)
     with pytest.raises(httpx.HTTPError):
