@@ -71,8 +71,8 @@ def move(mlflow_client: MlflowClient, store: Store, model_name: str, targets: li
     moves = [AliasMove(at=now, model_name=model_name, alias=a, version=v, replaced=before.get(a), reason=reason,
                        flow_run_id=context.flow_run_id, flow_run_url=context.flow_run_url, actor=actor)
              for a, v in done]
-    for entry in moves:
-        record(store, entry)
+    for order, entry in enumerate(moves):
+        record(store, entry, order)
         log.info("%s@%s: %s -> %s (%s)", model_name, entry.alias, entry.replaced, entry.version, reason)
     return moves
 
@@ -96,15 +96,17 @@ def _restore(mlflow_client: MlflowClient, model_name: str, before: dict[str, str
                                 f"{model_name}'") from cause
 
 
-def record(store: Store, entry: AliasMove) -> None:
-    """Append one alias move to the model's history (create-only, never rewritten)."""
-    name = f"{entry.at.strftime('%Y%m%dT%H%M%S%fZ')}-{entry.alias}-{uuid.uuid4().hex[:8]}.json"
+def record(store: Store, entry: AliasMove, order: int = 0) -> None:
+    """Append one alias move to the model's history (create-only, never rewritten).
+
+    Names sort by time, then by ``order`` within one move of several aliases.
+    """
+    name = f"{entry.at.strftime('%Y%m%dT%H%M%S%fZ')}-{order}-{entry.alias}-{uuid.uuid4().hex[:8]}.json"
     store.write_bytes(entry.model_dump_json().encode(), "registry", entry.model_name, "history", name,
                       create_only=True)
 
 
 def history(store: Store, model_name: str) -> list[AliasMove]:
     """Return every recorded alias move of ``model_name``, oldest first."""
-    names = [n for n in store.list("registry", model_name, "history") if n.endswith(".json")]
-    moves = [AliasMove.model_validate_json(store.read_bytes("registry", model_name, "history", n)) for n in names]
-    return sorted(moves, key=lambda m: m.at)
+    names = sorted(n for n in store.list("registry", model_name, "history") if n.endswith(".json"))
+    return [AliasMove.model_validate_json(store.read_bytes("registry", model_name, "history", n)) for n in names]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# torch.export (which MLflow 3 logs PyTorch models with) is not thread-safe: one export at a time per process.
+_EXPORT_LOCK = threading.Lock()
 # Explicit requirements: MLflow's inference of them costs seconds per logged model.
 PIP_REQUIREMENTS = ["torch>=2.4,<2.14", "numpy", "pandas", "mlflow==3.17.2"]
 
@@ -98,9 +101,12 @@ def _log_and_register(mlflow_client: MlflowClient, settings: Settings, store: St
             mlflow.log_params({**params, **{f"recipe.{k}": v for k, v in recipe_params.items()}})
             _log_dataset(result, store)
             _log_history(mlflow_client, run.info.run_id, result)
-            info = mlflow.pytorch.log_model(serving_model, name="model", input_example=recipe.input_example(),
-                                            pip_requirements=PIP_REQUIREMENTS)
-        version = mlflow.register_model(info.model_uri, model_name, tags=tags)
+            with _EXPORT_LOCK:
+                info = mlflow.pytorch.log_model(serving_model, name="model", input_example=recipe.input_example(),
+                                                pip_requirements=PIP_REQUIREMENTS)
+        # MLflow numbers versions by reading the highest one: two creations at once can collide in its database.
+        with lease(store, ("registry", model_name, "versions"), purpose=f"create a version from {result.key}"):
+            version = mlflow.register_model(info.model_uri, model_name, tags=tags)
         mlflow_client.update_model_version(model_name, str(version.version),
                                            description=describe(result, metric, "pending"))
     log.info("registered %s version %s from MLflow run %s", model_name, version.version, run.info.run_id)
@@ -111,10 +117,20 @@ def _log_dataset(result: TrainResult, store: Store) -> None:
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
 
     source = resolve_dataset_source(result.dataset.manifest_url(store))
     dataset = MetaDataset(source=source, name=result.dataset.name, digest=result.dataset.version)  # type: ignore[abstract]
-    mlflow.log_input(dataset, context="training")
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except MlflowException as exc:
+            # The server's get-or-create of a dataset row races with another run logging the same dataset;
+            # the loser's retry finds the row the winner created.
+            if "UNIQUE constraint failed: datasets" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _log_history(mlflow_client: MlflowClient, run_id: str, result: TrainResult) -> None:

@@ -116,7 +116,12 @@ def model_tags(mlflow_client: MlflowClient, model_name: str) -> dict[str, str]:
 
 
 def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, store: Store) -> str:
-    """Return the experiment id, creating it (artifacts beside the store when MLflow is local)."""
+    """Return the experiment id, creating it (artifacts beside the store when MLflow is local).
+
+    Two pipelines may create it at once: the one that loses reads the winner's.
+    """
+    from mlflow.exceptions import MlflowException
+
     name = settings.mlflow_experiment
     with translate(settings.resolved_mlflow_uri()):
         found = mlflow_client.get_experiment_by_name(name)
@@ -125,4 +130,10 @@ def ensure_experiment(mlflow_client: MlflowClient, settings: Settings, store: St
         location = store.url("mlflow-artifacts") if settings.is_local_mlflow() else None
         if location and store.is_local:
             location = f"file://{location}"
-        return str(mlflow_client.create_experiment(name, artifact_location=location))
+        try:
+            return str(mlflow_client.create_experiment(name, artifact_location=location))
+        except MlflowException as exc:
+            raced = mlflow_client.get_experiment_by_name(name)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or raced is None:
+                raise
+            return str(raced.experiment_id)
