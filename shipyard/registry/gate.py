@@ -123,6 +123,10 @@ def judge(mlflow_client: MlflowClient, settings: Settings, store: Store, registe
           approval: Approval | None = None) -> Registration:
     """Run the gate for ``registered`` and move the aliases it decides; return the registration with the decision."""
     name, version = registered.model_name, registered.version
+    if aliases(mlflow_client, name).get(CHAMPION) == version:  # a rerun: nothing to judge, nothing written
+        decision = GateDecision(outcome="kept", reason=f"version {version} is already {CHAMPION}",
+                                metric=params.metric, champion_before=version)
+        return _registration(registered, decision, version)
     with alias_lease(store, name, purpose=f"gate {name} v{version}"):
         before = aliases(mlflow_client, name)
         champion = before.get(CHAMPION)

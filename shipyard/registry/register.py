@@ -64,21 +64,31 @@ def register(mlflow_client: MlflowClient, settings: Settings, store: Store, resu
     Two registrations of the same training at once give one version: each holds a lease per training key
     in the store (create-only) while it looks for an existing version and registers.
     """
-    example = load_recipe(result.params.entrypoint, result.params).input_example()
+    example = load_recipe(result.params.entrypoint, result.params).input_example().tolist()
+    found = _existing(mlflow_client, model_name, result, example)  # the common rerun: no lease, nothing written
+    if found is not None:
+        return found
     with lease(store, ("registry", model_name, "claims", result.key), purpose=f"register {result.key}"):
-        existing = find_registered(mlflow_client, model_name, result.key)
-        if existing is not None:
-            run_id, version = str(existing.run_id), str(existing.version)
-            with translate(uri_of(mlflow_client)):
-                experiment_id = str(mlflow_client.get_run(run_id).info.experiment_id)
-            log.info("training %s is already %s version %s; not registering again", result.key, model_name, version)
-            reused = True
-        else:
-            run_id, experiment_id, version = _log_and_register(mlflow_client, settings, store, result, model_name,
-                                                               metric, context)
-            reused = False
+        found = _existing(mlflow_client, model_name, result, example)  # registered while we waited
+        if found is not None:
+            return found
+        run_id, experiment_id, version = _log_and_register(mlflow_client, settings, store, result, model_name,
+                                                           metric, context)
     return Registered(model_name=model_name, version=version, run_id=run_id, experiment_id=experiment_id,
-                      reused=reused, input_example=example.tolist())
+                      reused=False, input_example=example)
+
+
+def _existing(mlflow_client: MlflowClient, model_name: str, result: TrainResult,
+              example: list[list[float]]) -> Registered | None:
+    existing = find_registered(mlflow_client, model_name, result.key)
+    if existing is None:
+        return None
+    run_id, version = str(existing.run_id), str(existing.version)
+    with translate(uri_of(mlflow_client)):
+        experiment_id = str(mlflow_client.get_run(run_id).info.experiment_id)
+    log.info("training %s is already %s version %s; not registering again", result.key, model_name, version)
+    return Registered(model_name=model_name, version=version, run_id=run_id, experiment_id=experiment_id,
+                      reused=True, input_example=example)
 
 
 def _log_and_register(mlflow_client: MlflowClient, settings: Settings, store: Store, result: TrainResult,
