@@ -199,3 +199,51 @@ def _break_artifacts(client: MlflowClient, model_name: str, version: str) -> Non
     assert keys, f"no MLmodel for {model_id}"
     for key in keys:
         s3.delete_object(Bucket=MLFLOW_BUCKET, Key=key)
+
+
+def test_approval_holds_a_winner_until_approved_and_records_the_answer(
+        s3: S3, mlflow_uri: str, model_name: str, tmp_path: Path) -> None:
+    ref, source = _stage(tmp_path)
+    settings = load_settings()
+    store = filesystem(settings)
+    client = registry.client(settings)
+    params = RegisterParams(model_name=model_name, require_approval=True)
+    result = _train(ref, source, **WEAK)
+    registered = registry.register(client, settings, store, result, model_name, params.metric, CONTEXT)
+
+    waiting = registry.judge(client, settings, store, registered, result, params, CONTEXT)
+    assert waiting.decision.outcome == "awaiting-approval" and not waiting.is_champion
+    assert MlflowClient(mlflow_uri, registry_uri=mlflow_uri).get_registered_model(model_name).aliases == {}
+
+    no = registry.Approval(approved=False, comment="holdout too small")
+    rejected = registry.judge(client, settings, store, registered, result, params, CONTEXT, no)
+    assert rejected.decision.outcome == "rejected" and _aliases(mlflow_uri, model_name) == {
+        "challenger": registered.version}
+    yes = registry.Approval(approved=True, comment="looks good")
+    approved = registry.judge(client, settings, store, registered, result, params, CONTEXT, yes)
+    assert approved.decision.outcome == "promoted" and _aliases(mlflow_uri, model_name) == {
+        "champion": registered.version}
+    tags = MlflowClient(mlflow_uri, registry_uri=mlflow_uri).get_model_version(model_name, registered.version).tags
+    assert tags["shipyard.gate.approval"] == "approved" and tags["shipyard.gate.approval_comment"] == "looks good"
+    assert [m.reason for m in registry.history(store, model_name)][-1].endswith("approved: looks good")
+
+
+def test_the_cli_shows_history_and_rolls_back_with_the_same_checks(
+        s3: S3, mlflow_uri: str, model_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref, source = _stage(tmp_path)
+    first = _gate(_train(ref, source, **WEAK), model_name)
+    better = _gate(_train(ref, source, **STRONG), model_name)
+    assert better.decision.outcome == "promoted"
+
+    assert main(["models", "rollback", model_name, "--reason", "latency regression"]) == 0
+    assert _aliases(mlflow_uri, model_name) == {"champion": first.version, "previous": better.version}
+    capsys.readouterr()
+    assert main(["models", "history", model_name]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and "latency regression" in lines[-1] and "by cli:" in lines[-1]
+    assert CONTEXT.flow_run_id in lines[0]
+    assert main(["models", "show", model_name]) == 0
+    shown = capsys.readouterr().out
+    assert f"version {first.version}  (champion)" in shown and "shipyard.recipe.code_hash" in shown
+    assert main(["models", "ls"]) == 0
+    assert model_name in capsys.readouterr().out
