@@ -6,11 +6,13 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
+from prefect import flow
 
 from shipyard import datasets, registry
 from shipyard.cli import main
@@ -22,6 +24,7 @@ from shipyard.registry import lineage
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 from shipyard.training import TrainResult, train
+from tasks.register import await_approval, register_model
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import MLFLOW_BUCKET, S3, s3_client
 
@@ -247,3 +250,40 @@ def test_the_cli_shows_history_and_rolls_back_with_the_same_checks(
     assert f"version {first.version}  (champion)" in shown and "shipyard.recipe.code_hash" in shown
     assert main(["models", "ls"]) == 0
     assert model_name in capsys.readouterr().out
+
+
+@flow
+def register_with_approval(result: TrainResult, params: RegisterParams) -> registry.Registration:
+    """The pipeline's register step, approval included."""
+    registration = register_model(result, params)
+    if registration.decision.outcome == "awaiting-approval":
+        registration = register_model(result, params, await_approval(registration, params))
+    return registration
+
+
+def test_the_flow_pauses_with_a_typed_form_and_promotes_once_approved(
+        s3: S3, mlflow_uri: str, prefect_api: str, model_name: str, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    ref, source = _stage(tmp_path)
+    result = _train(ref, source, **WEAK)
+    params = RegisterParams(model_name=model_name, require_approval=True, approval_timeout_seconds=300)
+    outcome: list[registry.Registration] = []
+    thread = threading.Thread(target=lambda: outcome.append(register_with_approval(result, params)), daemon=True)
+    thread.start()
+    with get_client(sync_client=True) as client:
+        paused = None
+        for _ in range(600):
+            paused = next((r for r in client.read_flow_runs() if r.state is not None and r.state.is_paused()), None)
+            if paused is not None:
+                break
+            time.sleep(0.5)
+        assert paused is not None, "the flow never paused for approval"
+        assert _aliases(mlflow_uri, model_name) == {}  # nothing moves while waiting
+        resume_flow_run(paused.id, run_input={"approve": True, "comment": "ship it"})
+    thread.join(timeout=120)
+    assert outcome and outcome[0].decision.outcome == "promoted"
+    assert _aliases(mlflow_uri, model_name) == {"champion": outcome[0].version}
+    tags = MlflowClient(mlflow_uri, registry_uri=mlflow_uri).get_model_version(model_name, outcome[0].version).tags
+    assert tags["shipyard.gate.approval_comment"] == "ship it"
