@@ -287,3 +287,16 @@ def test_the_flow_pauses_with_a_typed_form_and_promotes_once_approved(
     assert _aliases(mlflow_uri, model_name) == {"champion": outcome[0].version}
     tags = MlflowClient(mlflow_uri, registry_uri=mlflow_uri).get_model_version(model_name, outcome[0].version).tags
     assert tags["shipyard.gate.approval_comment"] == "ship it"
+
+    # The decision is also a Prefect artifact: the report and the champion-vs-challenger table.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        report = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"gate-{model_name}"])))
+        table = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"gate-{model_name}-table"])))
+    reports = [str(a.data) for a in report]  # one per decision: awaiting approval, then promoted
+    assert any("**awaiting-approval**" in r for r in reports)
+    assert any("**promoted**" in r and "approved: ship it" in r for r in reports)
+    assert table and f"challenger v{outcome[0].version}" in str(table[0].data)
