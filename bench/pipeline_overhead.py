@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.params import DatasetParams, DatasetRef, RegisterParams, RolloutParams, TrainParams
 
 TARGET = 1.3
 
@@ -30,21 +30,22 @@ def plain_script(home: Path, training: TrainParams) -> str:
     from shipyard.serving import local
     from shipyard.settings import Settings
     from shipyard.storage import filesystem
-    from shipyard.training import load_model, load_recipe, train
+    from shipyard.training import train
 
     settings = Settings(home=home)
     store = filesystem(settings)
     source = write_demo_source(home / "demo" / "digits")
     manifest = datasets.stage(store, "digits", str(source)).manifest
     data_dir = datasets.pull(store, "digits", manifest.version, home / "cache" / "datasets")
-    result = train(store, "digits", manifest.version, training, data_dir)
+    result = train(store, DatasetRef(name="digits", version=manifest.version), training, data_dir)
     client = registry.client(settings)
-    recipe = load_recipe(training.entrypoint, training)
-    example = recipe.input_example()
-    served = recipe.serving_model(load_model(store, result))
-    _, _, version = registry.log_and_register(client, settings, store, result, served, example, "digits-classifier")
-    registry.promote_if_better(client, "digits-classifier", version, "val_accuracy", 0.0)
-    rollout = local.roll_out(settings, "digits-classifier", version, settings.resolved_mlflow_uri(), example.tolist())
+    params = RegisterParams()
+    registered = registry.register(client, settings, store, result, params.model_name, params.metric,
+                                   registry.RunContext())
+    judged = registry.judge(client, settings, store, registered, result, params, registry.RunContext())
+    version = judged.version
+    rollout = local.roll_out(settings, "digits-classifier", version, settings.resolved_mlflow_uri(),
+                             judged.input_example)
     local.stop(settings)
     return rollout.model_version
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from shipyard.params import TrainParams
+from shipyard.params import DatasetRef, TrainParams
 from shipyard.settings import Settings
 from shipyard.storage import filesystem
 from shipyard.training import TrainContext, train
@@ -89,7 +89,7 @@ def run_trainer(params: TrainParams, root: Path) -> float:
     """Return samples/s of shipyard's trainer, end to end."""
     store = filesystem(Settings(store_uri=str(root / "store")))
     started = time.perf_counter()
-    result = train(store, "bench", f"v{time.monotonic_ns()}", params, root)
+    result = train(store, DatasetRef(name="bench", version=f"{time.monotonic_ns():016x}"[-16:]), params, root)
     seconds = time.perf_counter() - started
     return sum(h.samples for h in result.history) / seconds
 

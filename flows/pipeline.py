@@ -6,9 +6,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.train import run_training
-from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.params import DatasetParams, DatasetRef, RegisterParams, RolloutParams, TrainParams
 from shipyard.pipeline import PipelineResult
-from tasks.register import register_model
+from tasks.register import await_approval, register_model
 from tasks.rollout import roll_out
 from tasks.stage import stage_dataset
 
@@ -19,16 +19,22 @@ def pipeline_flow(
     training: TrainParams = TrainParams(),  # noqa: B008
     registry: RegisterParams = RegisterParams(),  # noqa: B008
     rollout: RolloutParams = RolloutParams(),  # noqa: B008
+    force: bool = False,
 ) -> PipelineResult:
     """Take data to a live endpoint; each step skips work it already finished.
 
-    1. Stage: copy the source to the store as an immutable, content-addressed dataset version.
-    2. Train: train the model on exactly that version, checkpointing to the store.
-    3. Register: log the run to MLflow with lineage, register a version, promote it to `champion` if it wins.
-    4. Roll out: serve the champion, smoke-test one prediction, roll back on failure.
+    1. Stage: copy the source to the store as an immutable, content-addressed dataset version
+       (or use `dataset.version`, already staged).
+    2. Train: train the model on exactly that version, checkpointing to the store (`force` retrains).
+    3. Register: log the run to MLflow with lineage, register a version, evaluate it and the champion on the
+       same holdout; it becomes `champion` only if it passes the thresholds and beats it by the margin
+       (and, if asked, someone approves), else `challenger`.
+    4. Roll out: serve the champion, smoke-test one prediction, roll back on failure; skipped for a challenger.
     """
     manifest = stage_dataset(dataset)
-    trained = run_training(dataset.name, manifest.version, training)
+    trained = run_training(DatasetRef(name=manifest.dataset, version=manifest.version), training, force=force)
     registration = register_model(trained, registry)
-    served = roll_out(registration, rollout)
-    return PipelineResult.build(manifest, trained, registration, served, str(flow_run.get_id()))
+    if registration.decision.outcome == "awaiting-approval":
+        registration = register_model(trained, registry, await_approval(registration, registry))
+    served = roll_out(registration, rollout) if registration.is_champion else None
+    return PipelineResult.build(trained, registration, served, str(flow_run.get_id()))

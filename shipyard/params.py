@@ -7,10 +7,13 @@ parameter fails validation naming the field before any work starts.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+from shipyard.refs import NAME_PATTERN, DatasetRef
+
+__all__ = ["NAME_PATTERN", "DatasetParams", "DatasetRef", "RegisterParams", "RolloutParams", "TrainParams"]
 
 
 class _Params(BaseModel):
@@ -32,6 +35,13 @@ class DatasetParams(_Params):
         description="'demo' for the bundled handwritten digits, or a local directory, glob or fsspec URI "
         "(s3://bucket/path) holding Parquet, CSV or NPZ files.",
     )
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{4,16}$",
+        title="Staged version",
+        description="Train on this version, already staged (an id or a unique prefix of one), instead of "
+        "staging the source again.",
+    )
 
 
 class TrainParams(_Params):
@@ -41,6 +51,12 @@ class TrainParams(_Params):
         default="shipyard.training.digits:recipe",
         title="Model entrypoint",
         description="module:function returning a training recipe (see docs/training.md).",
+    )
+    recipe_params: dict[str, Any] = Field(
+        default_factory=dict,
+        title="Recipe parameters",
+        description="The recipe's own parameters, validated against the pydantic model its entrypoint declares "
+        "(see docs/training.md, 'A recipe's own parameters'); part of the training key.",
     )
     epochs: int = Field(default=10, ge=1, le=10_000, title="Epochs", description="Passes over the training split.")
     batch_size: int = Field(default=64, ge=1, le=1_000_000, title="Batch size", description="Samples per step.")
@@ -105,6 +121,30 @@ class RegisterParams(_Params):
         le=1,
         title="Promotion margin",
         description="How much the new model must beat the champion's metric by to become champion.",
+    )
+    min_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        title="Minimum metrics",
+        description="Absolute thresholds on the holdout, e.g. {\"val_accuracy\": 0.9}: a model below any of them "
+        "is never promoted.",
+    )
+    holdout: DatasetRef | None = Field(
+        default=None,
+        title="Holdout dataset version",
+        description="Dataset version whose validation split challenger and champion are both evaluated on. "
+        "Default: the version the model's first champion was trained on (recorded on the registered model).",
+    )
+    require_approval: bool = Field(
+        default=False,
+        title="Require approval",
+        description="Pause before promoting a winner until someone approves or rejects it in the Prefect UI.",
+    )
+    approval_timeout_seconds: int = Field(
+        default=3600,
+        ge=10,
+        le=7 * 24 * 3600,
+        title="Approval timeout (s)",
+        description="How long to wait for an approval; no answer in time means rejected.",
     )
 
 

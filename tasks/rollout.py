@@ -18,7 +18,7 @@ def roll_out(registration: Registration, params: RolloutParams) -> Rollout:
     """Serve the champion version; a failed start or smoke test restores the previous server."""
     logger = get_run_logger()
     settings = load_settings()
-    version = registration.champion_version
+    version = registration.champion_version or registration.version  # the flow rolls out champions only
     rollout = roll_out_locally(settings, registration.model_name, version, settings.resolved_mlflow_uri(),
                                registration.input_example if params.smoke_test else None)
     verb = "already serving" if rollout.reused else "now serving"

@@ -47,6 +47,10 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     settings = load_settings()
     store = filesystem(settings)
     store.check()
+    if dataset.version is not None:
+        version = datasets.resolve_version(store, dataset.name, dataset.version)
+        logger.info("using staged version %s of %s; not staging %s", version, dataset.name, dataset.source)
+        return datasets.load_manifest(store, dataset.name, version)
     source = dataset.source
     if source == "demo":
         source = str(write_demo_source(settings.home / "demo" / "digits").resolve())

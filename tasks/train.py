@@ -21,9 +21,20 @@ from prefect.states import Cancelled, Cancelling, Failed
 from shipyard import datasets, kube
 from shipyard.errors import KubeError, TrainingError
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings, load_settings
 from shipyard.storage import Store, filesystem
-from shipyard.training import EpochMetrics, TrainResult, cached_result, load_recipe, train, training_key
+from shipyard.training import (
+    EpochMetrics,
+    TrainingPlan,
+    TrainResult,
+    cached_result,
+    load_recipe,
+    plan_training,
+    resolve_params,
+    train,
+    training_key,
+)
 from shipyard.training.curves import curves_png
 from shipyard.training.distributed import processes_for, visible_gpus
 from shipyard.training.launch import run_workers
@@ -33,38 +44,38 @@ from tasks.retry import transient_only
 POLL_SECONDS = 3.0
 
 
-def _lookup(dataset: str, version: str, params: TrainParams) -> tuple[Settings, Store, str, TrainResult | None]:
-    """Return settings, store, the training key and the finished result for it, if there is one."""
+def _plan(dataset: DatasetRef, params: TrainParams, force: bool, salt: str) -> tuple[Settings, Store, TrainingPlan]:
+    """Return settings, store and the training plan: the key, and the finished result for it if there is one."""
     settings = load_settings()
     store = filesystem(settings)
-    key = training_key(dataset, version, params)
-    return settings, store, key, cached_result(store, key)
+    return settings, store, plan_training(store, dataset, params, force, salt)
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def fit_model(dataset: str, dataset_version: str, params: TrainParams) -> TrainResult:
+def fit_model(dataset: DatasetRef, params: TrainParams, force: bool = False) -> TrainResult:
     """Pull exactly the staged version, train (resuming from the newest checkpoint) and save the weights."""
     logger = get_run_logger()
-    settings, store, key, cached = _lookup(dataset, dataset_version, params)
-    if cached is not None:
-        logger.info("cache hit: training %s on %s@%s already finished (%s); not retraining",
-                    key, dataset, dataset_version, cached.metrics)
-        return cached
+    params = resolve_params(params)  # the recipe's own parameters fail here, before any data moves
+    settings, store, plan = _plan(dataset, params, force, salt=str(flow_run.get_id() or ""))
+    logger.info("%s", plan.reason)
+    if plan.cached is not None:
+        return plan.cached
     load_recipe(params.entrypoint, params)  # a bad entrypoint fails here, before any data moves
-    data_dir = datasets.pull(store, dataset, dataset_version, settings.home / "cache" / "datasets")
+    data_dir = datasets.pull(store, dataset.name, dataset.version, settings.home / "cache" / "datasets")
     nproc = processes_for(visible_gpus())
     if nproc > 1:
-        run_workers(nproc, dataset, dataset_version, params, data_dir, on_line=logger.info)
-        result = cached_result(store, key)
+        run_workers(nproc, dataset.name, dataset.version, params, data_dir, on_line=logger.info, key=plan.key)
+        result = cached_result(store, plan.key)
         if result is None:
-            raise TrainingError(f"training workers finished but wrote no result under {store.url('training', key)}")
+            where = store.url("training", plan.key)
+            raise TrainingError(f"training workers finished but wrote no result under {where}")
     else:
         def on_epoch(entry: EpochMetrics) -> None:
             shown = " ".join(f"{k}={v:.4f}" for k, v in entry.metrics.items())
             logger.info("epoch %d/%d train_loss=%.4f %s (%.2fs)", entry.epoch, params.epochs, entry.train_loss,
                         shown, entry.seconds)
 
-        result = train(store, dataset, dataset_version, params, data_dir, on_epoch=on_epoch)
+        result = train(store, dataset, params, data_dir, on_epoch=on_epoch, key=plan.key)
     _publish(result)
     return result
 
@@ -94,19 +105,20 @@ def summary(result: TrainResult) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def launch_training(dataset: str, dataset_version: str, params: TrainParams, deployment: str) -> TrainResult:
+def launch_training(dataset: DatasetRef, params: TrainParams, deployment: str, force: bool = False) -> TrainResult:
     """Run the train deployment (GPU work pool), wait for it, and return what it trained."""
     logger = get_run_logger()
-    settings, store, key, cached = _lookup(dataset, dataset_version, params)
-    if cached is not None:
-        logger.info("cache hit: training %s already finished; not launching %s", key, deployment)
-        return cached
+    params = resolve_params(params)
+    settings, store, plan = _plan(dataset, params, False, "")
+    if plan.cached is not None and not force:
+        logger.info("%s; not launching %s", plan.reason, deployment)
+        return plan.cached
     parent = flow_run.get_id()
     try:
         child: Any = run_deployment(
-            deployment, timeout=0, idempotency_key=f"{parent}-train-{key}",
-            parameters={"dataset": dataset, "dataset_version": dataset_version,
-                        "training": params.model_dump(mode="json")})
+            deployment, timeout=0, idempotency_key=f"{parent}-train-{plan.key}{'-force' if force else ''}",
+            parameters={"dataset": dataset.model_dump(mode="json"), "training": params.model_dump(mode="json"),
+                        "force": force})
     except ObjectNotFound as exc:
         raise TrainingError(f"deployment '{deployment}' not found on the Prefect server; apply the cluster "
                             "deployments first (deployments table in deployments/__init__.py)") from exc
@@ -114,6 +126,8 @@ def launch_training(dataset: str, dataset_version: str, params: TrainParams, dep
     final = _wait_for(child.id, UUID(str(parent)) if parent else None, _scheduling_watch(settings, child.id, logger))
     if not final.is_completed():
         raise TrainingError(f"training run '{child.name}' of {deployment} ended {final.name}: {final.message}")
+    # A forced child trains under a key salted with its own run id (see fit_model).
+    key = training_key(dataset, params, plan.code.hash, salt=str(child.id)) if force else plan.key
     result = cached_result(store, key)
     if result is None:
         raise TrainingError(f"training run '{child.name}' completed but {store.url('training', key)} has no result")

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = {"500", "503-slowdown", "reset", "corrupt", "delay"}
+FAULTS = {"500", "401", "503-slowdown", "reset", "corrupt", "delay"}
 _ERRORS = {"500": (500, "InternalError", "We encountered an internal error. Please try again."),
-           "503-slowdown": (503, "SlowDown", "Please reduce your request rate.")}
+           "503-slowdown": (503, "SlowDown", "Please reduce your request rate."),
+           "401": (401, "Unauthorized", "Credentials are missing or invalid.")}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "upgrade"}
 
 
@@ -175,6 +176,6 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _relay
 
     return Handler

@@ -13,6 +13,7 @@ from shipyard.cli.runtime import choose_prefect_api, ui_url
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.settings import Settings, load_settings, redact
+from shipyard.training.recipe import validate_recipe_params
 
 SECTIONS: dict[str, type[Any]] = {
     "dataset": DatasetParams, "training": TrainParams, "registry": RegisterParams, "rollout": RolloutParams,
@@ -24,6 +25,7 @@ OPTIONS: dict[str, tuple[str, str, type[Any]]] = {
     "batch_size": ("training", "batch_size", int), "learning_rate": ("training", "learning_rate", float),
     "hidden_units": ("training", "hidden_units", int), "seed": ("training", "seed", int),
     "model_name": ("registry", "model_name", str), "promotion_margin": ("registry", "promotion_margin", float),
+    "metric": ("registry", "metric", str), "dataset_version": ("dataset", "version", str),
 }
 
 
@@ -39,6 +41,10 @@ def register(sub: Any) -> None:
     for option, (section, field, kind) in OPTIONS.items():
         description = SECTIONS[section].model_fields[field].description
         run.add_argument(f"--{option.replace('_', '-')}", dest=option, type=kind, default=None, help=description)
+    run.add_argument("--set", dest="recipe_set", action="append", default=[], metavar="NAME=VALUE",
+                     help="set one of the recipe's own parameters (repeatable; the value is read as YAML: 3, 0.5, "
+                     "true, text); see docs/training.md")
+    run.add_argument("--force", action="store_true", help="train again even if a finished training matches")
     run.add_argument("--no-smoke-test", action="store_true", help="skip the smoke-test prediction")
     run.set_defaults(func=cmd_run)
 
@@ -68,6 +74,12 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
             raw.setdefault(section, {})[field] = value
     if getattr(args, "no_smoke_test", False):
         raw.setdefault("rollout", {})["smoke_test"] = False
+    for item in getattr(args, "recipe_set", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--set {item}: expected NAME=VALUE")
+        recipe = raw.setdefault("training", {}).setdefault("recipe_params", {})
+        recipe[name.strip()] = yaml.safe_load(value) if value.strip() else ""
     params: dict[str, Any] = {}
     for section, model in SECTIONS.items():
         try:
@@ -76,6 +88,10 @@ def build_params(args: argparse.Namespace) -> dict[str, Any]:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in (section, *err["loc"]))
             raise ConfigError(f"parameter {where}: {err['msg']}") from exc
+    training = params["training"]  # the recipe's own parameters are checked here, before any work
+    params["training"] = training.model_copy(
+        update={"recipe_params": validate_recipe_params(training.entrypoint, training.recipe_params)})
+    params["force"] = bool(getattr(args, "force", False))
     return params
 
 
@@ -119,19 +135,24 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
     mlflow_ui = (f"http://127.0.0.1:{settings.mlflow_ui_port}" if settings.is_local_mlflow()
                  else redact(settings.resolved_mlflow_uri()))
     is_champion = result.champion_version == result.model_version
-    champion = " (champion)" if is_champion else f" (champion stays version {result.champion_version})"
+    champion = " (champion)" if is_champion else f" ({result.gate_outcome}; champion stays version " \
+                                                 f"{result.champion_version})"
     run_link = f"{mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id}"
     flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""
     lines = [
         "",
-        f"Dataset:     {result.dataset}@{result.dataset_version}",
+        f"Dataset:     {result.dataset}",
         "Metrics:     " + " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()),
         f"Model:       {result.model_name} version {result.model_version}{champion}",
-        f"Endpoint:    {result.endpoint}/invocations  (serving version {result.served_version})",
-        f"Try it:      {result.curl()}",
-        f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
-        f"Prefect run: {result.flow_run_id}{flow_link}",
+        f"Gate:        {result.gate_outcome}: {result.gate_reason}",
     ]
+    if result.rolled_out:
+        lines += [f"Endpoint:    {result.endpoint}/invocations  (serving version {result.served_version})",
+                  f"Try it:      {result.curl()}"]
+    else:
+        lines.append("Endpoint:    not rolled out (the version is not champion)")
+    lines += [f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
+              f"Prefect run: {result.flow_run_id}{flow_link}"]
     if settings.is_local_mlflow():
         lines.append("UIs:         'shipyard up' starts the Prefect and MLflow UIs; 'shipyard down' stops everything")
     print("\n".join(lines), flush=True)

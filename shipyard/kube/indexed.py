@@ -76,13 +76,14 @@ class JobPlan:
     procs_per_node: int
     env: dict[str, str] = field(default_factory=dict)
     pods: PodResources = field(default_factory=PodResources)
+    key: str = ""  # the training key the workers write under ("" lets them derive it from data, params and code)
 
     def node_args(self, rdzv_endpoint: str | None = None) -> NodeArgs:
         """Return the arguments every pod runs with (rendezvous at index 0's DNS name unless given)."""
         host = f"{self.name}-0.{self.name}.{self.namespace}.svc"
         return NodeArgs(self.nodes, self.procs_per_node, rdzv_endpoint or f"{host}:{RENDEZVOUS_PORT}", self.name,
                         self.pods.rendezvous_timeout_seconds, self.dataset, self.version,
-                        PurePosixPath(PARAMS_DIR) / "params.json")
+                        PurePosixPath(PARAMS_DIR) / "params.json", self.key)
 
 
 def _container(plan: JobPlan) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from shipyard.errors import ShipyardError
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 from shipyard.training.loop import EpochMetrics
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", required=True, help="dataset version id")
     parser.add_argument("--params", required=True, type=Path, help="JSON file with the training params")
     parser.add_argument("--data-dir", required=True, type=Path, help="directory holding the pulled version")
+    parser.add_argument("--key", default=None, help="training key (default: derived from data, params and code)")
     return parser
 
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = TrainParams.model_validate_json(args.params.read_text())
         store = filesystem(load_settings())
-        result = train(store, args.dataset, args.version, params, args.data_dir, on_epoch=_print_epoch)
+        dataset = DatasetRef(name=args.dataset, version=args.version)
+        result = train(store, dataset, params, args.data_dir, on_epoch=_print_epoch, key=args.key)
     except ValidationError as exc:
         err = exc.errors()[0]
         print(f"error: {args.params}: field '{'.'.join(map(str, err['loc']))}': {err['msg']}", file=sys.stderr)

@@ -41,11 +41,12 @@ def processes_for(gpus: int) -> int:
     return gpus if gpus > 1 else 1
 
 
-def torchrun_command(nproc: int, dataset: str, version: str, params_file: Path, data_dir: Path) -> list[str]:
+def torchrun_command(nproc: int, dataset: str, version: str, params_file: Path, data_dir: Path,
+                     key: str | None = None) -> list[str]:
     """Return the command that runs ``nproc`` training workers on this node."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "shipyard.training", "--dataset", dataset, "--version", version,
-            "--params", str(params_file), "--data-dir", str(data_dir)]
+            "--params", str(params_file), "--data-dir", str(data_dir), *(["--key", key] if key else [])]
 
 
 def join() -> World:

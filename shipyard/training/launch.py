@@ -17,7 +17,7 @@ from shipyard.training.preemption import PreemptionGuard
 log = logging.getLogger(__name__)
 
 def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, data_dir: Path,
-                on_line: Callable[[str], None] = log.info) -> None:
+                on_line: Callable[[str], None] = log.info, key: str | None = None) -> None:
     """Train with ``nproc`` workers on this node, passing each output line to ``on_line``.
 
     A SIGTERM to this process is forwarded to torchrun (which forwards it to the workers, which checkpoint),
@@ -26,7 +26,7 @@ def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, dat
     with tempfile.TemporaryDirectory(prefix="shipyard-train-") as tmp:
         params_file = Path(tmp) / "params.json"
         params_file.write_text(params.model_dump_json())
-        command = torchrun_command(nproc, dataset, version, params_file, data_dir)
+        command = torchrun_command(nproc, dataset, version, params_file, data_dir, key)
         log.info("starting %d training workers: %s", nproc, " ".join(command))
         tail: deque[str] = deque(maxlen=5)
         with PreemptionGuard() as guard, subprocess.Popen(

@@ -23,9 +23,10 @@ from shipyard.errors import ConfigError, TrainingError
 from shipyard.kube import indexed
 from shipyard.kube.scheduling import SchedulingWatch
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings, redact
 from shipyard.storage import Store
-from shipyard.training.trainer import TrainResult, cached_result, training_key
+from shipyard.training.trainer import TrainResult, cached_result
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,16 @@ class Ended:
         return self.failure is not None and self.failure.lost
 
 
-def train_on_nodes(cluster: Cluster, store: Store, dataset: str, version: str, params: TrainParams, run_id: str,
-                   on_line: Callable[[str], None] = log.info) -> TrainResult:
-    """Train on ``params.nodes`` pods, starting a new attempt when a worker is lost; return the result."""
-    key = training_key(dataset, version, params)
+def train_on_nodes(cluster: Cluster, store: Store, dataset: DatasetRef, params: TrainParams, run_id: str,
+                   key: str, on_line: Callable[[str], None] = log.info) -> TrainResult:
+    """Train on ``params.nodes`` pods under training ``key``, starting a new attempt when a worker is lost."""
     watch = SchedulingWatch(cluster.client, cluster.namespace, run_id)
     last = ""
     for attempt in range(1, cluster.attempts + 1):
         plan = indexed.JobPlan(
             name=job_name(key, attempt), namespace=cluster.namespace, image=cluster.image, run_id=run_id,
-            dataset=dataset, version=version, params_json=indexed.params_json(params), nodes=params.nodes,
-            procs_per_node=params.procs_per_node, env=cluster.env, pods=cluster.pods)
+            dataset=dataset.name, version=dataset.version, params_json=indexed.params_json(params),
+            nodes=params.nodes, procs_per_node=params.procs_per_node, env=cluster.env, pods=cluster.pods, key=key)
         ended = _attempt(cluster, plan, watch, on_line)
         if ended.completed:
             break

@@ -43,13 +43,15 @@ class NodeArgs:
     dataset: str
     version: str
     params_file: PurePath
+    key: str = ""  # a forced retraining's own key; "" derives it from data, params and code
 
     def argv(self) -> list[str]:
         """Return them as command-line arguments of this module."""
         return ["--nnodes", str(self.nnodes), "--nproc-per-node", str(self.nproc_per_node),
                 "--rdzv-endpoint", self.rdzv_endpoint, "--rdzv-id", self.rdzv_id,
                 "--rdzv-timeout", str(self.rdzv_timeout_seconds), "--dataset", self.dataset,
-                "--version", self.version, "--params", str(self.params_file), "--node-rank", NODE_RANK_ARGUMENT]
+                "--version", self.version, "--params", str(self.params_file), "--node-rank", NODE_RANK_ARGUMENT,
+                *(["--key", self.key] if self.key else [])]
 
     def command(self) -> list[str]:
         """Return the container command: this module with these arguments."""
@@ -63,7 +65,8 @@ def torchrun_command(args: NodeArgs, node_rank: int, data_dir: Path) -> list[str
             f"--nproc-per-node={args.nproc_per_node}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={args.rdzv_endpoint}", f"--rdzv-id={args.rdzv_id}", f"--rdzv-conf={conf}",
             "--max-restarts=0", "-m", "shipyard.training", "--dataset", args.dataset, "--version", args.version,
-            "--params", str(args.params_file), "--data-dir", str(data_dir)]
+            "--params", str(args.params_file), "--data-dir", str(data_dir),
+            *(["--key", args.key] if args.key else [])]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", required=True, help="dataset name in the store")
     parser.add_argument("--version", required=True, help="dataset version id")
     parser.add_argument("--params", required=True, type=Path, help="JSON file with the training params")
+    parser.add_argument("--key", default="", help="training key (default: derived from data, params and code)")
     parser.add_argument("--node-rank", required=True, help=f"this pod's index: {NODE_RANK_ARGUMENT} in the Job")
     return parser
 
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = NodeArgs(ns.nnodes, ns.nproc_per_node, ns.rdzv_endpoint, ns.rdzv_id, ns.rdzv_timeout, ns.dataset,
-                    ns.version, ns.params)
+                    ns.version, ns.params, ns.key)
     try:
         rank = _node_rank(ns.node_rank, args.nnodes)
         settings = load_settings()

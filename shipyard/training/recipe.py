@@ -1,7 +1,9 @@
 """The training-recipe protocol: how users plug their own model into the trainer.
 
 An entrypoint ``package.module:function`` names a function that takes the run's
-:class:`~shipyard.params.TrainParams` and returns a :class:`Recipe`. The trainer owns the loop
+:class:`~shipyard.params.TrainParams` (and, if the recipe has parameters of its own, a second argument
+annotated with their pydantic model, filled from ``TrainParams.recipe_params``) and returns a
+:class:`Recipe`. The trainer owns the loop
 (device, precision, loader, optimizer, checkpoints, preemption, DDP, metrics); the recipe owns the model,
 the data and the loss. It sees the run through a :class:`TrainContext`. See ``docs/training.md`` and
 ``shipyard/training/digits.py``, the built-in example.
@@ -10,6 +12,8 @@ the data and the loss. It sees the run through a :class:`TrainContext`. See ``do
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +21,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from shipyard.errors import TrainingError
+from shipyard.errors import ConfigError, TrainingError
 from shipyard.params import TrainParams
 
 
@@ -89,8 +94,7 @@ class Recipe(Protocol):
 RECIPE_METHODS = ("build_model", "datasets", "training_step", "evaluate", "input_example", "serving_model")
 
 
-def load_recipe(entrypoint: str, params: TrainParams) -> Recipe:
-    """Import ``module:function`` and build the recipe, naming the entrypoint on any failure."""
+def _factory(entrypoint: str) -> Callable[..., Any]:
     module_name, _, func_name = entrypoint.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -98,10 +102,49 @@ def load_recipe(entrypoint: str, params: TrainParams) -> Recipe:
         raise TrainingError(
             f"entrypoint '{entrypoint}': cannot import module '{module_name}' ({exc}); "
             "is the package installed in the training image?") from exc
-    factory: Callable[[TrainParams], Any] | None = getattr(module, func_name, None)
+    factory: Callable[..., Any] | None = getattr(module, func_name, None)
     if not callable(factory):
         raise TrainingError(f"entrypoint '{entrypoint}': module '{module_name}' has no function '{func_name}'")
-    recipe = factory(params)
+    return factory
+
+
+def recipe_params_model(entrypoint: str) -> type[BaseModel] | None:
+    """Return the pydantic model of the recipe's own parameters: the entrypoint's second argument's type."""
+    factory = _factory(entrypoint)
+    try:
+        hints = typing.get_type_hints(factory)
+    except (NameError, TypeError) as exc:
+        raise TrainingError(f"entrypoint '{entrypoint}': cannot resolve its type hints ({exc})") from exc
+    names = [n for n in inspect.signature(factory).parameters][1:2]
+    model = hints.get(names[0]) if names else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def validate_recipe_params(entrypoint: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``raw`` against the recipe's model; return it complete (defaults filled in), as JSON values."""
+    model = recipe_params_model(entrypoint)
+    if model is None:
+        if raw:
+            raise ConfigError(f"parameter training.recipe_params: entrypoint '{entrypoint}' declares no parameters "
+                              f"of its own, but got {', '.join(sorted(raw))}")
+        return {}
+    try:
+        return model.model_validate(raw).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in ("training", "recipe_params", *err["loc"]))
+        raise ConfigError(f"parameter {where}: {err['msg']} ({model.__name__} of {entrypoint})") from exc
+
+
+def load_recipe(entrypoint: str, params: TrainParams) -> Recipe:
+    """Import ``module:function`` and build the recipe, naming the entrypoint on any failure."""
+    factory = _factory(entrypoint)
+    model = recipe_params_model(entrypoint)
+    if model is not None:
+        recipe = factory(params, model.model_validate(validate_recipe_params(entrypoint, params.recipe_params)))
+    else:
+        validate_recipe_params(entrypoint, params.recipe_params)
+        recipe = factory(params)
     if not isinstance(recipe, Recipe):
         missing = [m for m in RECIPE_METHODS if not callable(getattr(recipe, m, None))]
         raise TrainingError(

@@ -17,24 +17,26 @@ from pydantic import BaseModel, Field
 
 import shipyard
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.storage import Store
+from shipyard.training.codehash import RecipeCode, recipe_code
 from shipyard.training.distributed import World, barrier, gather_over_ranks, join, leave
 from shipyard.training.loop import EpochCallback, EpochMetrics, Loop, validate_for_data
-from shipyard.training.recipe import load_recipe
+from shipyard.training.recipe import load_recipe, validate_recipe_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EpochMetrics", "TrainResult", "cached_result", "load_model", "train", "training_key",
-           "validate_for_data"]
+__all__ = ["EpochMetrics", "TrainResult", "TrainingPlan", "cached_result", "inputs_key", "load_model",
+           "plan_training", "resolve_params", "train", "training_key", "validate_for_data"]
 
 
 class TrainResult(BaseModel):
     """What training produced: enough for the register stage to log and register the model."""
 
     key: str
-    dataset: str
-    dataset_version: str
+    dataset: DatasetRef
     params: TrainParams
+    code: RecipeCode
     device: str
     gpu: str | None
     world_size: int = 1
@@ -51,10 +53,72 @@ class TrainResult(BaseModel):
         return (*training_prefix(self.key), "model.pt")
 
 
-def training_key(dataset: str, version: str, params: TrainParams) -> str:
-    """Return the id of a training run: same data, params and Shipyard version, same key."""
-    blob = json.dumps([dataset, version, params.model_dump(mode="json"), shipyard.__version__], sort_keys=True)
+def inputs_key(dataset: DatasetRef, params: TrainParams) -> str:
+    """Return the id of a training's inputs without its code: data, params and Shipyard's version."""
+    blob = json.dumps([dataset.name, dataset.version, params.model_dump(mode="json"), shipyard.__version__],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_key(dataset: DatasetRef, params: TrainParams, code_hash: str | None = None, salt: str = "") -> str:
+    """Return the id of a training run: same data, params, Shipyard version and recipe code, same key.
+
+    ``code_hash`` defaults to the hash of the entrypoint's code now; ``salt`` is empty except for a forced
+    retraining, which gets a key of its own.
+    """
+    code_hash = code_hash or recipe_code(params.entrypoint).hash
+    blob = json.dumps([inputs_key(dataset, params), code_hash, salt])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TrainingPlan(BaseModel):
+    """Whether a training must run, and why: what the log says before training or skipping."""
+
+    key: str
+    inputs_key: str
+    code: RecipeCode
+    cached: TrainResult | None
+    reason: str
+
+
+def resolve_params(params: TrainParams) -> TrainParams:
+    """Validate the recipe's own parameters and fill in their defaults, so equal runs get equal keys."""
+    full = validate_recipe_params(params.entrypoint, params.recipe_params)
+    return params if full == params.recipe_params else params.model_copy(update={"recipe_params": full})
+
+
+def plan_training(store: Store, dataset: DatasetRef, params: TrainParams, force: bool = False,
+                  salt: str = "") -> TrainingPlan:
+    """Find a finished training of the same data, params and code; else say what changed since the last one."""
+    code = recipe_code(params.entrypoint)
+    inputs = inputs_key(dataset, params)
+    if force:
+        key = training_key(dataset, params, code.hash, salt or "force")
+        return TrainingPlan(key=key, inputs_key=inputs, code=code, cached=cached_result(store, key),
+                            reason=f"cache bypassed: force=True; training afresh as {key}")
+    key = training_key(dataset, params, code.hash)
+    cached = cached_result(store, key)
+    if cached is not None:
+        reason = f"cache hit: same data, params and code (training {key})"
+    else:
+        last = _last_code_hash(store, inputs)
+        if last is not None and last != code.hash:
+            reason = f"cache miss: recipe code changed ({last[:8]}... -> {code.hash[:8]}...)"
+        else:
+            reason = f"cache miss: no finished training of {dataset} with these params and code"
+    return TrainingPlan(key=key, inputs_key=inputs, code=code, cached=cached, reason=reason)
+
+
+def _last_code_hash(store: Store, inputs: str) -> str | None:
+    """Return the code hash of the last finished training of these inputs (any code), if any."""
+    if not store.exists(*_index_parts(inputs)):
+        return None
+    return str(json.loads(store.read_bytes(*_index_parts(inputs)))["code_hash"])
+
+
+def _index_parts(inputs: str) -> tuple[str, ...]:
+    # training/inputs/<inputs key>.json: the last finished training of these data and params, whatever the code.
+    return ("training", "inputs", f"{inputs}.json")
 
 
 def training_prefix(key: str) -> tuple[str, ...]:
@@ -84,14 +148,16 @@ def load_model(store: Store, result: TrainResult) -> torch.nn.Module:
     return model.eval()
 
 
-def train(store: Store, dataset: str, version: str, params: TrainParams, data_dir: Path,
-          on_epoch: EpochCallback | None = None) -> TrainResult:
+def train(store: Store, dataset: DatasetRef, params: TrainParams, data_dir: Path,
+          on_epoch: EpochCallback | None = None, key: str | None = None) -> TrainResult:
     """Train ``params.entrypoint`` on a pulled dataset version, resuming from the newest checkpoint.
 
-    On SIGTERM the run writes a checkpoint and then lets the signal act (see
-    :mod:`shipyard.training.preemption`); calling this again resumes where it stopped.
+    ``key`` defaults to the training key of these inputs and code (a forced run passes its own). On SIGTERM
+    the run writes a checkpoint and then lets the signal act (see :mod:`shipyard.training.preemption`);
+    calling this again resumes where it stopped.
     """
-    key = training_key(dataset, version, params)
+    code = recipe_code(params.entrypoint)
+    key = key or training_key(dataset, params, code.hash)
     recipe = load_recipe(params.entrypoint, params)
     world = join()
     try:
@@ -100,7 +166,7 @@ def train(store: Store, dataset: str, version: str, params: TrainParams, data_di
         loop.run(on_epoch)
         rates = gather_over_ranks(world, _rank_rate(loop))
         if world.is_main:
-            _save_result(store, key, dataset, version, params, loop, world, rates)
+            _save_result(store, key, dataset, params, code, loop, world, rates)
         barrier(world)
         result = cached_result(store, key)
     finally:
@@ -121,7 +187,7 @@ def _rank_rate(loop: Loop) -> float:
     return sum(h.samples for h in ran) / loop.world.size / (sum(h.seconds for h in ran) or 1e-9)
 
 
-def _save_result(store: Store, key: str, dataset: str, version: str, params: TrainParams, loop: Loop,
+def _save_result(store: Store, key: str, dataset: DatasetRef, params: TrainParams, code: RecipeCode, loop: Loop,
                  world: World, rates: list[float]) -> None:
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in loop.model.state_dict().items()}, buffer)
@@ -129,7 +195,7 @@ def _save_result(store: Store, key: str, dataset: str, version: str, params: Tra
     ran = _ran(loop)
     seconds = sum(h.seconds for h in ran) or 1e-9
     result = TrainResult(
-        key=key, dataset=dataset, dataset_version=version, params=params, device=world.device.type,
+        key=key, dataset=dataset, params=params, code=code, device=world.device.type,
         gpu=torch.cuda.get_device_name(world.device) if world.device.type == "cuda" else None,
         world_size=world.size, history=loop.history,
         metrics=loop.history[-1].metrics if loop.history else {},
@@ -139,3 +205,6 @@ def _save_result(store: Store, key: str, dataset: str, version: str, params: Tra
     )
     # Written last: its presence is what marks this training run as finished (the cache key).
     store.write_bytes(result.model_dump_json(indent=2).encode(), *training_prefix(key), "result.json")
+    # Then the index that lets the next run of the same data and params say whether the code changed.
+    index = {"key": key, "code_hash": code.hash}
+    store.write_bytes(json.dumps(index).encode(), *_index_parts(inputs_key(dataset, params)))

@@ -43,7 +43,7 @@ def test_a_mistyped_job_variable_is_rejected_by_the_train_pool(prefect_api: str)
         deployment = client.read_deployment_by_name("train-flow/cluster")
         with pytest.raises(PrefectHTTPStatusError, match="gpu_cont"):
             client.create_flow_run_from_deployment(
-                deployment.id, parameters={"dataset": "digits", "dataset_version": "0" * 16},
+                deployment.id, parameters={"dataset": {"name": "digits", "version": "0" * 16}},
                 job_variables={"gpu_cont": 2})
 
 

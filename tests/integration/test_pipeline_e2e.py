@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
 from flows.pipeline import pipeline_flow
-from shipyard.params import RegisterParams, TrainParams
+from shipyard.params import DatasetParams, RegisterParams, TrainParams
 from tests.integration.conftest import S3
 
 
@@ -26,7 +26,7 @@ def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
 
     # Stage: every dataset object and the manifest are in the bucket.
     keys = s3.keys("store/")
-    manifest_key = f"store/datasets/digits/versions/{result.dataset_version}.json"
+    manifest_key = f"store/datasets/digits/versions/{result.dataset.version}.json"
     assert manifest_key in keys
     assert len([k for k in keys if k.startswith("store/objects/")]) == 4
     assert any(k.startswith(f"store/training/{result.train_key}/checkpoints/") for k in keys)
@@ -35,8 +35,8 @@ def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
     client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.params["epochs"] == "4"
-    assert run.data.tags["shipyard.dataset_version"] == result.dataset_version
-    assert run.inputs.dataset_inputs[0].dataset.digest == result.dataset_version
+    assert run.data.tags["shipyard.dataset_version"] == result.dataset.version
+    assert run.inputs.dataset_inputs[0].dataset.digest == result.dataset.version
     assert len(client.get_metric_history(result.mlflow_run_id, "val_accuracy")) == 4
     champion = client.get_model_version_by_alias(model_name, "champion")
     assert champion.version == result.model_version == result.served_version
@@ -55,8 +55,22 @@ def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
     watched = [k for k in s3.keys("store/") if not k.startswith("store/mlflow")]
     before = _state(s3, watched)
     again = pipeline_flow(training=training, registry=RegisterParams(model_name=model_name))
-    assert again.dataset_version == result.dataset_version and again.train_key == result.train_key
+    assert again.dataset == result.dataset and again.train_key == result.train_key
     assert [k for k in s3.keys("store/") if not k.startswith("store/mlflow")] == watched  # nothing new
     assert _state(s3, watched) == before  # nothing rewritten
     assert [v.version for v in client.search_model_versions(f"name = '{model_name}'")] == [result.model_version]
     assert again.mlflow_run_id == result.mlflow_run_id
+
+    # The champion version carries its lineage, down to the Prefect run that registered it.
+    tags = client.get_model_version(model_name, result.model_version).tags
+    assert tags["shipyard.prefect.flow_run_id"] == result.flow_run_id
+    assert tags["shipyard.dataset_version"] == result.dataset.version and tags["shipyard.gate.decision"] == "promoted"
+
+    # A worse model on the same staged version: registered as challenger, nothing rolled out.
+    worse = pipeline_flow(dataset=DatasetParams(version=result.dataset.version),
+                          training=TrainParams(epochs=1, hidden_units=2, learning_rate=1e-4),
+                          registry=RegisterParams(model_name=model_name))
+    assert worse.gate_outcome == "challenger" and not worse.rolled_out and worse.endpoint is None
+    assert worse.champion_version == result.model_version and "does not beat" in worse.gate_reason
+    assert client.get_model_version_by_alias(model_name, "challenger").version == worse.model_version
+    assert httpx.get(f"{result.endpoint}/version").json()["model_version"] == result.model_version

@@ -28,7 +28,7 @@ from flows.train import TRAIN_DEPLOYMENT, run_training, train_flow
 from shipyard import datasets
 from shipyard.datasets.demo import write_demo_source
 from shipyard.errors import TrainingError
-from shipyard.params import TrainParams
+from shipyard.params import DatasetRef, TrainParams
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 from shipyard.training import TrainResult
@@ -87,7 +87,7 @@ def idle(cluster_mode: str) -> str:
 @flow
 def launch_only(version: str, training: TrainParams, deployment: str = TRAIN_DEPLOYMENT) -> TrainResult:
     """The pipeline's train line alone."""
-    return run_training("digits", version, training, deployment)
+    return run_training(DatasetRef(name="digits", version=version), training, deployment)
 
 
 def _child_of(deployment: str) -> FlowRun:
@@ -123,7 +123,7 @@ def test_cluster_mode_trains_through_the_deployment_then_a_failed_child_fails_th
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[client.read_deployment_by_name(TRAIN_DEPLOYMENT).id])))
-    assert [(r.state_name, r.parameters["dataset_version"]) for r in runs] == [("Completed", served)]
+    assert [(r.state_name, r.parameters["dataset"]["version"]) for r in runs] == [("Completed", served)]
 
     with pytest.raises(TrainingError) as caught:
         pipeline_flow(training=TrainParams(epochs=2, batch_size=5000))

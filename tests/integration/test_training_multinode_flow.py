@@ -26,9 +26,11 @@ from prefect.states import Cancelling
 
 from flows.train import run_training
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import filesystem
 from shipyard.training import TrainResult, training_key
+from shipyard.training.codehash import recipe_code
 from shipyard.training.multinode import job_name
 from tasks.train import summary
 from tests import fakekube, servers
@@ -58,9 +60,12 @@ def _wait_for(kube: fakekube.FakeKube, plural: str, name: str, present: bool = T
     pytest.fail(f"{plural}/{name} {'never appeared' if present else 'was never deleted'}")
 
 
+REF = DatasetRef(name="digits", version="0123456789abcdef")
+
+
 def _result(params: TrainParams) -> TrainResult:
-    return TrainResult(key=training_key("digits", "v1", params), dataset="digits", dataset_version="v1",
-                       params=params, device="cuda", gpu="NVIDIA H100 80GB HBM3", world_size=4, history=[],
+    return TrainResult(key=training_key(REF, params), dataset=REF, params=params, code=recipe_code(params.entrypoint),
+                       device="cuda", gpu="NVIDIA H100 80GB HBM3", world_size=4, history=[],
                        metrics={"val_accuracy": 0.97}, samples_per_second=4000.0, resumed_from_step=None,
                        model_url="s3://x/model.pt", nodes=2, rank_samples_per_second=[1010.0, 990.0, 1000.0, 1000.0])
 
@@ -68,13 +73,13 @@ def _result(params: TrainParams) -> TrainResult:
 @flow
 def train_line(params: TrainParams) -> TrainResult:
     """The pipeline's train line alone."""
-    return run_training("digits", "v1", params, deployment="train-flow/nobody-serves-this")
+    return run_training(REF, params, deployment="train-flow/nobody-serves-this")
 
 
 def test_several_nodes_train_through_an_indexed_job_and_publish_nodes_and_per_rank_throughput(
         prefect_api: str, kube: fakekube.FakeKube, tmp_path: Path) -> None:
     params = TrainParams(epochs=1, nodes=2, procs_per_node=2)
-    name = job_name(training_key("digits", "v1", params), 1)
+    name = job_name(training_key(REF, params), 1)
     done: list[Any] = []
     thread = threading.Thread(target=lambda: done.append(train_line(params)), daemon=True)
     thread.start()
@@ -132,9 +137,9 @@ def served(prefect_api: str, kube: fakekube.FakeKube, tmp_path: Path) -> Iterato
 
 def test_cancelling_the_flow_run_deletes_the_job_and_its_service(served: str, kube: fakekube.FakeKube) -> None:
     params = TrainParams(epochs=1, nodes=2, seed=3)
-    name = job_name(training_key("digits", "v1", params), 1)
+    name = job_name(training_key(REF, params), 1)
     run: Any = run_deployment(DEPLOYMENT, timeout=0, parameters={
-        "dataset": "digits", "dataset_version": "v1", "training": params.model_dump(mode="json")})
+        "dataset": REF.model_dump(), "training": params.model_dump(mode="json")})
     _wait_for(kube, "services", name)
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(run.id, Cancelling(message="cancelled from the UI"), force=True)

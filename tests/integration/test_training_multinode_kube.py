@@ -19,15 +19,18 @@ from lightkube import KubeConfig
 from shipyard.errors import KubeError, TrainingError
 from shipyard.kube import client, indexed
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, training_key
+from shipyard.training.codehash import recipe_code
 from shipyard.training.multinode import Cluster, job_name, train_on_nodes
 from tests import fakekube
 
 NS = "shipyard"
 PARAMS = TrainParams(epochs=2, nodes=2)
-KEY = training_key("digits", "v1", PARAMS)
+REF = DatasetRef(name="digits", version="0123456789abcdef")
+KEY = training_key(REF, PARAMS)
 REASON = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
 
 
@@ -87,7 +90,7 @@ def _pod(kube: fakekube.FakeKube, job: str, index: int, phase: str = "Running", 
 
 def _complete(kube: fakekube.FakeKube, store: Store, job: str) -> None:
     """Rank 0 wrote the result; the Job controller marks the Job Complete."""
-    result = TrainResult(key=KEY, dataset="digits", dataset_version="v1", params=PARAMS, device="cuda",
+    result = TrainResult(key=KEY, dataset=REF, params=PARAMS, code=recipe_code(PARAMS.entrypoint), device="cuda",
                          gpu="NVIDIA H100", world_size=2, history=[], metrics={"val_accuracy": 0.9},
                          samples_per_second=100.0, resumed_from_step=None, model_url="s3://x/model.pt", nodes=2,
                          rank_samples_per_second=[50.0, 50.0])
@@ -104,7 +107,7 @@ def _launch(kube: fakekube.FakeKube, store: Store, lines: list[str], **changes: 
 
     def run() -> None:
         try:
-            out.append(train_on_nodes(_cluster(kube, **changes), store, "digits", "v1", PARAMS, "run-1",
+            out.append(train_on_nodes(_cluster(kube, **changes), store, REF, PARAMS, "run-1", KEY,
                                       on_line=lines.append))
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             out.append(exc)
@@ -210,7 +213,7 @@ def test_interrupting_the_launcher_deletes_the_job_and_its_service(kube: fakekub
     name = job_name(KEY, 1)
     _interrupt_when(lambda: kube.get("services", NS, name) is not None)
     with pytest.raises(KeyboardInterrupt):
-        train_on_nodes(_cluster(kube), store, "digits", "v1", PARAMS, "run-1", on_line=lambda _: None)
+        train_on_nodes(_cluster(kube), store, REF, PARAMS, "run-1", KEY, on_line=lambda _: None)
     assert ("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}") in kube.requests
     assert kube.get("jobs", NS, name) is None and kube.get("services", NS, name) is None
 

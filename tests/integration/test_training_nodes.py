@@ -25,6 +25,7 @@ from shipyard import datasets
 from shipyard.datasets.demo import write_demo_source
 from shipyard.kube import indexed
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, cached_result, train, training_key
@@ -114,7 +115,7 @@ def _weights(store: Store, result: TrainResult) -> dict[str, torch.Tensor]:
 
 
 def _result(store: Store, params: TrainParams, version: str) -> TrainResult:
-    result = cached_result(store, training_key("digits", version, params))
+    result = cached_result(store, training_key(DatasetRef(name="digits", version=version), params))
     assert result is not None
     return result
 
@@ -158,7 +159,7 @@ def test_two_nodes_of_one_process_train_the_same_weights_as_one_node_of_two(stag
 def test_a_killed_rank_fails_the_attempt_and_the_next_attempt_resumes_to_the_same_weights(
         staged: Staged, tmp_path: Path) -> None:
     params = PARAMS.model_copy(update={"seed": 7})
-    key = training_key("digits", staged.version, params)
+    key = training_key(DatasetRef(name="digits", version=staged.version), params)
     first = _start_pods(_plan(staged, params, "train-kill-1"), tmp_path)
     prefix = checkpoint_prefix(key)
     deadline = time.monotonic() + 180
@@ -180,5 +181,6 @@ def test_a_killed_rank_fails_the_attempt_and_the_next_attempt_resumes_to_the_sam
     assert result.resumed_from_step == newest and 28 < newest < 3 * 23
     assert [h.step for h in result.history] == [23, 46, 69]
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
-    alone = train(clean, "digits", staged.version, params, staged.data_dir)  # uninterrupted, one process
+    # uninterrupted, one process
+    alone = train(clean, DatasetRef(name="digits", version=staged.version), params, staged.data_dir)
     _assert_same(_weights(staged.store, result), _weights(clean, alone))

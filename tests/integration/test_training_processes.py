@@ -16,11 +16,14 @@ import torch
 
 from shipyard.datasets.demo import write_demo_source
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, cached_result, train, training_key
 from shipyard.training.launch import run_workers
 from shipyard.training.trainer import checkpoint_prefix
+
+REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW = TrainParams(entrypoint="tests.training_recipes:slow", epochs=6, hidden_units=32)
@@ -41,13 +44,13 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
 def _start(tmp_path: Path, params: TrainParams, digits: Path) -> subprocess.Popen[str]:
     params_file = tmp_path / "params.json"
     params_file.write_text(params.model_dump_json())
-    return subprocess.Popen([sys.executable, "-m", "shipyard.training", "--dataset", "digits", "--version", "v1",
+    return subprocess.Popen([sys.executable, "-m", "shipyard.training", "--dataset", "digits", "--version", REF.version,
                              "--params", str(params_file), "--data-dir", str(digits)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _sidecars(store: Store, params: TrainParams) -> list[dict[str, object]]:
-    prefix = checkpoint_prefix(training_key("digits", "v1", params))
+    prefix = checkpoint_prefix(training_key(REF, params))
     return [json.loads(store.read_bytes(*prefix, n)) for n in store.list(*prefix) if n.endswith(".json")]
 
 
@@ -65,14 +68,14 @@ def _weights(store: Store, result: TrainResult) -> dict[str, torch.Tensor]:
 
 def _uninterrupted(tmp_path: Path, params: TrainParams, digits: Path) -> dict[str, torch.Tensor]:
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
-    return _weights(clean, train(clean, "digits", "v1", params, digits))
+    return _weights(clean, train(clean, REF, params, digits))
 
 
 def _rerun(tmp_path: Path, store: Store, params: TrainParams, digits: Path) -> TrainResult:
     proc = _start(tmp_path, params, digits)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    result = cached_result(store, training_key("digits", "v1", params))
+    result = cached_result(store, training_key(REF, params))
     assert result is not None
     return result
 
@@ -117,8 +120,8 @@ def test_sigkill_mid_training_then_a_rerun_resumes_from_the_newest_checkpoint(
 def test_two_workers_train_with_ddp_on_cpu(tmp_path: Path, store: Store, digits: Path) -> None:
     params = TrainParams(epochs=3, hidden_units=32)
     lines: list[str] = []
-    run_workers(2, "digits", "v1", params, digits, on_line=lines.append)
-    result = cached_result(store, training_key("digits", "v1", params))
+    run_workers(2, REF.name, REF.version, params, digits, on_line=lines.append)
+    result = cached_result(store, training_key(REF, params))
     assert result is not None and result.world_size == 2
     assert [h.epoch for h in result.history] == [1, 2, 3]
     assert result.history[-1].samples == 1438  # each global batch split over the two workers

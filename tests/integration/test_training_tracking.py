@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import (
 from flows.train import train_flow
 from shipyard import datasets
 from shipyard.datasets.demo import write_demo_source
-from shipyard.params import RegisterParams, TrainParams
+from shipyard.params import DatasetRef, RegisterParams, TrainParams
 from shipyard.registry import Registration
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
@@ -30,7 +30,7 @@ from tests.integration.conftest import S3
 @flow
 def train_and_register(version: str, model_name: str) -> Registration:
     """Train locally, then register: the first two stages of the pipeline."""
-    trained = train_flow("digits", version, TrainParams(epochs=3))
+    trained = train_flow(DatasetRef(name="digits", version=version), TrainParams(epochs=3))
     return register_model(trained, RegisterParams(model_name=model_name))
 
 

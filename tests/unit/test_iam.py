@@ -22,10 +22,18 @@ from deployments import DEPLOYMENTS
 from deployments.job_template import load
 from shipyard.datasets.manifest import manifest_key, object_key
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.registry import ensure_experiment
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
-from shipyard.training.trainer import TrainResult, checkpoint_prefix, training_key, training_prefix
+from shipyard.training.trainer import (
+    TrainResult,
+    _index_parts,
+    checkpoint_prefix,
+    inputs_key,
+    training_key,
+    training_prefix,
+)
 from tests.infra import CLUSTER_CONFIGS, EXAMPLE_VALUES, INFRA, load_all, substitute
 
 IAM = INFRA / "iam"
@@ -117,7 +125,7 @@ def mlflow_artifact_root() -> str:
 
 SHA = "ab" * 32
 DATASET, VERSION = "digits", "0123456789abcdef"
-KEY = training_key(DATASET, VERSION, TrainParams())
+KEY = training_key(DatasetRef(name=DATASET, version=VERSION), TrainParams())
 
 
 def _needs() -> dict[str, set[tuple[str, str]]]:
@@ -126,6 +134,10 @@ def _needs() -> dict[str, set[tuple[str, str]]]:
     result = _arn(*training_prefix(KEY), "result.json")
     model = f"arn:aws:s3:::{_store().path(*TrainResult.model_parts(_result_stub()))}"
     checkpoint = _arn(*checkpoint_prefix(KEY), "00000042.pt")
+    # plan_training reads (and the trainer writes) the code-hash index of these data and params.
+    index = _arn(*_index_parts(inputs_key(DatasetRef(name=DATASET, version=VERSION), TrainParams())))
+    # register_model: create-only leases and claims around version creation and alias moves, the alias history.
+    registry = _arn("registry", "digits-classifier", "aliases", "1.lease")
     artifact = "arn:aws:s3:::" + mlflow_artifact_root().removeprefix("s3://") + "/1/run/artifacts/model/MLmodel"
     # ListBucket on the bucket: Store.check lists it before staging, Store.list lists prefixes, and S3 answers a
     # HEAD of a missing key with 404 (which create-only writes and cache checks rely on) only to ListBucket holders.
@@ -134,10 +146,11 @@ def _needs() -> dict[str, set[tuple[str, str]]]:
         # stage_dataset: HEAD, create-only PUT or multipart (abort on failure), read-back verification, delete a
         # corrupted upload, manifest written last; launch_training reads result.json; register_model the weights.
         "prefect-worker": listing | {(a, objects) for a in (GET, PUT, ABORT, DELETE)}
-        | {(GET, manifest), (PUT, manifest), (GET, result), (GET, model)},
+        | {(GET, manifest), (PUT, manifest), (GET, result), (GET, model), (GET, index)}
+        | {(GET, registry), (PUT, registry)},
         # fit_model: pull the manifest and its objects; checkpoints, weights and result.json under training/.
         "shipyard-train": listing | {(GET, objects), (GET, manifest)}
-        | {(a, k) for a in (GET, PUT, ABORT) for k in (checkpoint, model, result)},
+        | {(a, k) for a in (GET, PUT, ABORT) for k in (checkpoint, model, result, index)},
         # The MLflow server proxies every artifact upload, download, listing and deletion.
         "mlflow": listing | {(a, artifact) for a in (GET, PUT, DELETE, ABORT)},
     }

@@ -37,7 +37,7 @@ def test_the_flow_rejects_a_mistyped_nested_parameter_before_running() -> None:
 
 def test_the_run_form_has_titles_and_descriptions_for_every_knob() -> None:
     schema = parameter_schema(pipeline_flow).model_dump()
-    assert set(schema["properties"]) == {"dataset", "training", "registry", "rollout"}
+    assert set(schema["properties"]) == {"dataset", "training", "registry", "rollout", "force"}
     train_schema = schema["definitions"]["TrainParams"]["properties"]
     assert train_schema["epochs"]["title"] == "Epochs"
     assert train_schema["epochs"]["minimum"] == 1

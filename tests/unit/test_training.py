@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from shipyard.datasets.demo import write_demo_source
 from shipyard.errors import TrainingError
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import load_model, train, training_key
@@ -24,6 +25,8 @@ from shipyard.training.curves import curves_png
 from shipyard.training.distributed import processes_for, torchrun_command
 from shipyard.training.trainer import checkpoint_prefix
 from tests.training_recipes import SigtermAtStep
+
+REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 FAST = {"epochs": 2, "hidden_units": 16}
 
@@ -54,7 +57,7 @@ def sigterm_raises() -> Iterator[None]:
 
 
 def _weights(store: Store, params: TrainParams) -> dict[str, torch.Tensor]:
-    data = store.read_bytes("training", training_key("digits", "v1", params), "model.pt")
+    data = store.read_bytes("training", training_key(REF, params), "model.pt")
     return torch.load(io.BytesIO(data), weights_only=True)  # type: ignore[no-any-return]
 
 
@@ -74,7 +77,7 @@ def test_non_positive_params_are_rejected_naming_the_field(field: str, value: fl
 
 def test_batch_larger_than_the_dataset_fails_before_training(digits: Path, store: Store) -> None:
     with pytest.raises(TrainingError) as caught:
-        train(store, "digits", "v1", TrainParams(batch_size=5000, **FAST), digits)
+        train(store, REF, TrainParams(batch_size=5000, **FAST), digits)
     assert str(caught.value) == ("batch_size 5000 is larger than the training split (1438 rows); lower batch_size")
     assert store.list("training") == []  # nothing was trained or checkpointed
 
@@ -89,7 +92,7 @@ def test_batch_larger_than_the_dataset_fails_before_training(digits: Path, store
 def test_a_bad_entrypoint_fails_before_training_with_one_line(digits: Path, store: Store, entrypoint: str,
                                                                message: str) -> None:
     with pytest.raises(TrainingError) as caught:
-        train(store, "digits", "v1", TrainParams(entrypoint=entrypoint, **FAST), digits)
+        train(store, REF, TrainParams(entrypoint=entrypoint, **FAST), digits)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
     assert store.list("training") == []
 
@@ -102,7 +105,7 @@ def test_a_malformed_entrypoint_is_rejected_by_the_params() -> None:
 def test_a_user_recipe_trains_logs_its_own_metric_and_keeps_its_state_across_checkpoints(
         digits: Path, store: Store) -> None:
     params = TrainParams(entrypoint="tests.training_recipes:counting", epochs=3)
-    result = train(store, "digits", "v1", params, digits)
+    result = train(store, REF, params, digits)
     assert [h.epoch for h in result.history] == [1, 2, 3]
     assert set(result.metrics) == {"train_accuracy", "val_loss", "val_accuracy"}
     assert result.history[-1].metrics["train_accuracy"] > result.history[0].metrics["train_accuracy"]
@@ -116,20 +119,20 @@ def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(
         digits: Path, store: Store, tmp_path: Path, sigterm_raises: None) -> None:
     params = TrainParams(entrypoint="tests.training_recipes:sigterm_at_step", epochs=3, hidden_units=32)
     with pytest.raises(Evicted):
-        train(store, "digits", "v1", params, digits)
-    key = training_key("digits", "v1", params)
+        train(store, REF, params, digits)
+    key = training_key(REF, params)
     sidecars = sorted(store.list(*checkpoint_prefix(key)))
     newest = json.loads(store.read_bytes(*checkpoint_prefix(key), [s for s in sidecars if s.endswith(".json")][-1]))
     assert (newest["reason"], newest["epoch"], newest["step"]) == ("preempted", 1, 31)
     assert not store.exists("training", key, "result.json")
 
-    resumed = train(store, "digits", "v1", params, digits)
+    resumed = train(store, REF, params, digits)
     assert resumed.resumed_from_step == 31
     assert [h.epoch for h in resumed.history] == [1, 2, 3] and resumed.history[-1].step == 3 * 23
 
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
     other = params.model_copy(update={"entrypoint": "tests.training_recipes:slow"})  # same math, no signal
-    uninterrupted = train(clean, "digits", "v1", other, digits)
+    uninterrupted = train(clean, REF, other, digits)
     assert uninterrupted.resumed_from_step is None
     _assert_equal(_weights(store, params), _weights(clean, other))
 
@@ -138,8 +141,8 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
         digits: Path, store: Store, tmp_path: Path, sigterm_raises: None) -> None:
     params = TrainParams(entrypoint="tests.training_recipes:sigterm_at_step", epochs=2, hidden_units=32)
     with pytest.raises(Evicted):
-        train(store, "digits", "v1", params, digits)
-    prefix = checkpoint_prefix(training_key("digits", "v1", params))
+        train(store, REF, params, digits)
+    prefix = checkpoint_prefix(training_key(REF, params))
     newest = store.path(*prefix, "step-0000000031.pt")
     data = bytearray(Path(newest).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -147,24 +150,24 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
 
     found = latest(store, prefix)
     assert found is not None and (found.epoch, found.step) == (1, 23)
-    resumed = train(store, "digits", "v1", params, digits)
+    resumed = train(store, REF, params, digits)
     assert resumed.resumed_from_step == 23
 
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
     other = params.model_copy(update={"entrypoint": "tests.training_recipes:slow"})
-    train(clean, "digits", "v1", other, digits)
+    train(clean, REF, other, digits)
     _assert_equal(_weights(store, params), _weights(clean, other))
 
 
 def test_checkpoints_every_n_steps_as_well_as_every_epoch(digits: Path, store: Store) -> None:
     params = TrainParams(checkpoint_every_steps=10, **FAST)
-    result = train(store, "digits", "v1", params, digits)
+    result = train(store, REF, params, digits)
     names = [n for n in store.list(*checkpoint_prefix(result.key)) if n.endswith(".json")]
     assert names == [f"step-{s:010d}.json" for s in (10, 20, 23, 30, 40, 46)]
 
 
 def test_loss_and_accuracy_curves_render_as_png(digits: Path, store: Store) -> None:
-    result = train(store, "digits", "v1", TrainParams(**FAST), digits)
+    result = train(store, REF, TrainParams(**FAST), digits)
     png = curves_png(result.history, title="digits")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
 

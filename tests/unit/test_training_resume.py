@@ -13,6 +13,7 @@ import torch
 
 from shipyard.datasets.demo import write_demo_source
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, train
@@ -23,6 +24,8 @@ from tests.training_recipes import Curriculum
 
 class Evicted(Exception):
     """What the test's SIGTERM handler raises, as Prefect's engine bridge raises TerminationSignal."""
+
+REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +53,13 @@ def test_a_resumed_run_restores_the_recipes_state_and_ends_with_the_uninterrupte
     params = TrainParams(entrypoint="tests.training_recipes:curriculum_sigterm", epochs=3, hidden_units=32)
     store = filesystem(Settings(store_uri=str(tmp_path / "store")))
     with pytest.raises(Evicted):
-        train(store, "digits", "v1", params, digits)
-    resumed = train(store, "digits", "v1", params, digits)
+        train(store, REF, params, digits)
+    resumed = train(store, REF, params, digits)
     assert resumed.resumed_from_step == 31  # mid-epoch 2, inside the 40 smoothed steps
 
     clean = filesystem(Settings(store_uri=str(tmp_path / "clean")))
     other = params.model_copy(update={"entrypoint": "tests.training_recipes:curriculum"})  # same math, no signal
-    uninterrupted = train(clean, "digits", "v1", other, digits)
+    uninterrupted = train(clean, REF, other, digits)
 
     for run, where in ((resumed, store), (uninterrupted, clean)):
         newest = latest(where, checkpoint_prefix(run.key))

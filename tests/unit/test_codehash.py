@@ -1,0 +1,125 @@
+"""Code-aware caching and a recipe's own parameters: edits retrain and say why; unchanged code is a hit."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shipyard.cli import build_parser
+from shipyard.cli.pipeline import build_params
+from shipyard.datasets.demo import write_demo_source
+from shipyard.errors import ConfigError
+from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
+from shipyard.settings import Settings
+from shipyard.storage import Store, filesystem
+from shipyard.training import plan_training, resolve_params, train, training_key
+from shipyard.training.codehash import recipe_code
+
+REF = DatasetRef(name="digits", version="0123456789abcdef")
+
+RECIPE = '''
+from pydantic import BaseModel, Field
+from shipyard.training.digits import DigitsRecipe
+
+
+class Knobs(BaseModel):
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the last layer.")
+    label: str = "plain"
+
+
+def recipe(params, knobs: Knobs):
+    r = DigitsRecipe(params)
+    r.knobs = knobs
+    return r
+'''
+
+
+@pytest.fixture
+def user_code(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A user's package on sys.path: pkg/model.py (the entrypoint) and pkg/helpers.py."""
+    name = f"userpkg_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / "code" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text(textwrap.dedent(RECIPE))
+    (package / "helpers.py").write_text("SCALE = 1\n")
+    sys.path.insert(0, str(package.parent))
+    yield f"{name}.model:recipe", package
+    sys.path.remove(str(package.parent))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return filesystem(Settings(store_uri=str(tmp_path / "store")))
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_source(tmp_path_factory.mktemp("source") / "digits")
+
+
+def test_editing_the_recipe_retrains_and_says_why_unchanged_code_is_a_hit(
+        user_code: tuple[str, Path], store: Store, digits: Path) -> None:
+    entrypoint, package = user_code
+    params = resolve_params(TrainParams(entrypoint=entrypoint, epochs=1, hidden_units=8))
+    first = plan_training(store, REF, params)
+    assert first.cached is None and first.reason.startswith("cache miss: no finished training")
+    trained = train(store, REF, params, digits, key=first.key)
+    assert trained.code.hash == first.code.hash and trained.key == first.key
+
+    again = plan_training(store, REF, params)
+    assert again.cached is not None and again.reason.startswith("cache hit: same data, params and code")
+
+    (package / "model.py").write_text((package / "model.py").read_text() + "\n# tuned the model\n")
+    edited = plan_training(store, REF, params)
+    assert edited.cached is None and edited.key != first.key
+    assert edited.reason == (f"cache miss: recipe code changed ({first.code.hash[:8]}... -> "
+                             f"{edited.code.hash[:8]}...)")
+
+    (package / "helpers.py").write_text("SCALE = 2\n")  # a module the recipe's package holds counts too
+    assert recipe_code(entrypoint).hash != edited.code.hash
+
+
+def test_force_trains_under_a_key_of_its_own(user_code: tuple[str, Path], store: Store, digits: Path) -> None:
+    params = resolve_params(TrainParams(entrypoint=user_code[0], epochs=1, hidden_units=8))
+    normal = plan_training(store, REF, params)
+    train(store, REF, params, digits, key=normal.key)
+    forced = plan_training(store, REF, params, force=True, salt="run-1")
+    assert forced.cached is None and forced.key != normal.key and "force" in forced.reason
+    assert plan_training(store, REF, params).cached is not None  # the unforced result is still there
+
+
+def test_shipyards_own_recipe_hashes_its_module_only() -> None:
+    code = recipe_code("shipyard.training.digits:recipe")
+    assert code.files == 1 and code.root.endswith("training")
+
+
+def test_recipe_params_are_validated_completed_and_part_of_the_key(user_code: tuple[str, Path]) -> None:
+    entrypoint = user_code[0]
+    params = resolve_params(TrainParams(entrypoint=entrypoint, recipe_params={"dropout": 0.25}))
+    assert params.recipe_params == {"dropout": 0.25, "label": "plain"}
+    defaults = resolve_params(TrainParams(entrypoint=entrypoint))
+    assert training_key(REF, params) != training_key(REF, defaults)
+    with pytest.raises(ConfigError, match=r"training\.recipe_params\.dropout"):
+        resolve_params(TrainParams(entrypoint=entrypoint, recipe_params={"dropout": 2}))
+    with pytest.raises(ConfigError, match=r"training\.recipe_params.*declares no parameters"):
+        resolve_params(TrainParams(recipe_params={"dropout": 0.1}))
+
+
+def test_the_cli_sets_recipe_params_metric_force_and_a_staged_version(user_code: tuple[str, Path]) -> None:
+    args = build_parser().parse_args(["run", "--entrypoint", user_code[0], "--set", "dropout=0.5", "--set",
+                                      "label=wide", "--metric", "val_loss", "--force",
+                                      "--dataset-version", "0123abcd"])
+    params = build_params(args)
+    assert params["training"].recipe_params == {"dropout": 0.5, "label": "wide"}
+    assert params["registry"].metric == "val_loss"
+    assert params["force"] is True and params["dataset"].version == "0123abcd"
+    bad = build_parser().parse_args(["run", "--entrypoint", user_code[0], "--set", "dropout=lots"])
+    with pytest.raises(ConfigError, match=r"training\.recipe_params\.dropout"):
+        build_params(bad)

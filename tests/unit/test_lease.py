@@ -1,0 +1,61 @@
+"""Store leases: one holder at a time, a holder killed with -9 is ended after its ttl, nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from shipyard.errors import RegistryError
+from shipyard.registry.lease import lease
+from shipyard.settings import Settings
+from shipyard.storage import Store, filesystem
+
+PREFIX = ("registry", "m", "aliases")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return filesystem(Settings(store_uri=str(tmp_path / "store")))
+
+
+def test_holders_never_overlap(store: Store) -> None:
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def hold() -> None:
+        for _ in range(5):
+            with lease(store, PREFIX, "test", poll=0.001):
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(len(inside))
+                time.sleep(0.002)
+                inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    assert sorted(store.list(*PREFIX)) == sorted([f"{n}.lease" for n in range(1, 21)] +
+                                                 [f"{n}.done" for n in range(1, 21)])
+
+
+def test_a_lease_left_by_a_killed_holder_is_ended_after_its_ttl(store: Store) -> None:
+    stale = {"owner": "gone:1", "purpose": "killed", "at": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}
+    store.write_bytes(json.dumps(stale).encode(), *PREFIX, "1.lease", create_only=True)
+    with lease(store, PREFIX, "next", ttl=60) as number:
+        assert number == 2
+    assert json.loads(store.read_bytes(*PREFIX, "1.done"))["why"] == "expired"
+
+
+def test_waiting_too_long_names_the_holder(store: Store) -> None:
+    with lease(store, PREFIX, "first holder"):
+        with pytest.raises(RegistryError, match="first holder"):
+            with lease(store, PREFIX, "second", wait=0.2, poll=0.05):
+                pass
