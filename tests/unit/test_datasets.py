@@ -260,53 +260,21 @@ def test_cli_errors_are_one_line_naming_the_problem(tmp_path: Path, monkeypatch:
     assert "dataset name 'Bad Name' is invalid" in lines[2]
 
 
-def _client(**kwargs: object) -> object:
-    import boto3
+def test_object_store_sends_where_botocore_would_with_the_chains_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard.datasets.s3objects import object_store
 
-    return boto3.session.Session().client("s3", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-                                          **kwargs)  # type: ignore[call-overload]
-
-
-def test_lean_put_signs_exactly_as_botocore_does() -> None:
-    import hashlib
-
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    from shipyard.datasets.s3put import _authorization
-
-    body = b"ten bytes!"
-    sha = hashlib.sha256(body).hexdigest()
-    request = AWSRequest("PUT", "http://127.0.0.1:9000/bucket/store/objects/ab/ab%20cd~", data=body,
-                         headers={"x-amz-checksum-sha256": "c2hh", "If-None-Match": "*"})
-    creds = Credentials("AKIDEXAMPLE", "secret", "token")
-    S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(request)
-    signed = {"host": "127.0.0.1:9000", "x-amz-checksum-sha256": "c2hh", "if-none-match": "*",
-              "x-amz-content-sha256": sha, "x-amz-date": request.headers["X-Amz-Date"], "x-amz-security-token": "token"}
-
-    ours = _authorization(creds.get_frozen_credentials(), "eu-west-1", "/bucket/store/objects/ab/ab%20cd~", signed)
-
-    assert request.headers["X-Amz-Content-SHA256"] == sha
-    assert ours == request.headers["Authorization"]
-
-
-def test_lean_put_addresses_the_bucket_as_botocore_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    from botocore.config import Config
-
-    from shipyard.datasets.s3put import SmallPuts
-
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
-    aws = SmallPuts.for_client(_client(region_name="us-west-2"), "my-bucket")
-    local = SmallPuts.for_client(_client(region_name="us-east-1", endpoint_url="http://127.0.0.1:9000"), "bkt")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")
-    from_env = SmallPuts.for_client(_client(region_name="us-east-1"), "bkt")
-    proxied = SmallPuts.for_client(_client(region_name="us-east-1", config=Config(proxies={"http": "http://p:1"})),
-                                   "bkt")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-chain")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    local = filesystem(Settings(store_uri="s3://bkt/prefix"))
+    ours = object_store(local, local.s3_client(), "bkt")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    aws = filesystem(Settings(store_uri="s3://bkt/prefix"), client_kwargs={"region_name": "eu-west-1"})
+    theirs = object_store(aws, aws.s3_client(), "bkt")
 
-    assert aws is not None and (aws._target.scheme, aws._target.host_header, aws._target.base_path) == (
-        "https", "my-bucket.s3.us-west-2.amazonaws.com", "/")
-    assert local is not None and (local._target.host_header, local._target.base_path) == ("127.0.0.1:9000", "/bkt/")
-    assert from_env is not None and from_env._target.port == 9001
-    assert proxied is None  # proxies are botocore's business: that client keeps the botocore path
+    assert ours.config["endpoint"] == "http://127.0.0.1:9001" and ours.config["checksum_algorithm"] == "sha256"
+    assert ours.credential_provider is not None
+    assert ours.credential_provider()["access_key_id"] == "from-the-chain"  # type: ignore[union-attr,index]
+    assert "endpoint" not in theirs.config and theirs.config["region"] == "eu-west-1"
