@@ -134,7 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"source:  {manifest.source}\ncreated: {manifest.created_at.isoformat()}")
     for group, columns in manifest.schemas.items():
         print(f"schema {group}: " + ", ".join(f"{k}:{v}" for k, v in columns.items()))
-    for entry in manifest.files:
+    for entry in datasets.iter_files(store, manifest):
         rows = "" if entry.rows is None else f"{entry.rows:>10,} rows"
         print(f"  {entry.sha256[:12]}  {human_size(entry.size):>9}  {entry.format:<7} {rows:>15}  {entry.path}")
     return 0
@@ -155,6 +155,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
     old = datasets.load_manifest(store, args.name, datasets.resolve_version(store, args.name, args.old))
     new = datasets.load_manifest(store, args.name, datasets.resolve_version(store, args.name, args.new))
     print(f"{args.name}: {old.version} -> {new.version}")
-    print("\n".join(diff_lines(datasets.diff(old, new))))
+    print("\n".join(diff_lines(datasets.diff(store, old, new))))
     sys.stdout.flush()
     return 0

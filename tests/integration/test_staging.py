@@ -98,7 +98,7 @@ def test_same_size_edit_is_a_new_version_that_uploads_only_that_file(s3: S3, tmp
 
     assert second.version != first.version and second.created
     assert (second.files_uploaded, second.bytes_uploaded, second.files_hashed) == (1, stat.st_size, 1)
-    change = datasets.diff(first.manifest, second.manifest)
+    change = datasets.diff(store(), first.manifest, second.manifest)
     assert [new.path for _, new in change.changed] == ["README.txt"] and not change.added and not change.removed
     old = datasets.pull(store(), "digits", first.version, tmp_path / "cache")
     assert (old / "README.txt").read_text() == "digits, three classes\n"

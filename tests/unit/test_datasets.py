@@ -46,7 +46,7 @@ def make_source(root: Path) -> Path:
 def test_manifest_records_formats_rows_and_schemas(store: Store, tmp_path: Path) -> None:
     result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
 
-    by_path = {f.path: f for f in result.manifest.files}
+    by_path = {f.path: f for f in datasets.iter_files(store, result.manifest)}
     assert sorted(by_path) == ["arrays.npz", "images/cat/0.png", "labels.csv", "train/part-0.parquet",
                                "train/part-1.parquet"]
     assert {p: (f.format, f.rows) for p, f in by_path.items()} == {
@@ -160,7 +160,7 @@ def test_pull_materialises_exactly_the_version_and_detects_a_damaged_object(stor
     pulled = datasets.pull(store, "mixed", result.version, tmp_path / "cache")
     assert (pulled / "labels.csv").read_text() == (source / "labels.csv").read_text()
 
-    entry = next(f for f in result.manifest.files if f.path == "labels.csv")
+    entry = next(f for f in datasets.iter_files(store, result.manifest) if f.path == "labels.csv")
     Path(store.path(*object_key(entry.sha256))).write_text("id,name\n0,zero\n1,one\n2,tw0\n")
     with pytest.raises(DatasetError, match=r"labels\.csv: object .* does not match its SHA-256"):
         datasets.pull(store, "mixed", result.version, tmp_path / "other-cache")
@@ -169,8 +169,9 @@ def test_pull_materialises_exactly_the_version_and_detects_a_damaged_object(stor
 
 def test_pull_refuses_a_manifest_that_would_write_outside_the_target(store: Store, tmp_path: Path) -> None:
     result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
-    forged = result.manifest.model_copy(update={"version": "f00d", "files": [
-        result.manifest.files[0].model_copy(update={"path": "../../outside"})]})
+    first = next(datasets.iter_files(store, result.manifest))
+    forged = result.manifest.model_copy(update={"version": "f00d", "shards": [], "files": [
+        first.model_copy(update={"path": "../../outside"})]})
     store.write_bytes(forged.to_json(), *manifest_key("mixed", "f00d"))
 
     with pytest.raises(DatasetError, match="would escape"):
@@ -188,7 +189,7 @@ def test_diff_names_added_removed_changed_files_and_schema_changes(store: Store,
             source / "train" / f"part-{i}.parquet", index=False)
     new = datasets.stage(store, "mixed", str(source)).manifest
 
-    change = datasets.diff(old, new)
+    change = datasets.diff(store, old, new)
 
     assert [e.path for e in change.added] == ["extra.txt"] and [e.path for e in change.removed] == ["arrays.npz"]
     assert [n.path for _, n in change.changed] == ["train/part-0.parquet", "train/part-1.parquet"]
@@ -278,3 +279,41 @@ def test_object_store_sends_where_botocore_would_with_the_chains_credentials(mon
     assert ours.credential_provider is not None
     assert ours.credential_provider()["access_key_id"] == "from-the-chain"  # type: ignore[union-attr,index]
     assert "endpoint" not in theirs.config and theirs.config["region"] == "eu-west-1"
+
+
+def test_manifest_streams_through_shards_and_keeps_the_inline_version_id(store: Store, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from shipyard.datasets import shards
+
+    monkeypatch.setattr(shards, "SHARD_FILES", 2)
+    result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
+
+    files = list(datasets.iter_files(store, result.manifest))
+    assert [f.path for f in files] == sorted(f.path for f in files) and len(files) == 5
+    assert len(result.manifest.shards) == 3 and result.manifest.file_count == 5
+    head = json.loads(Path(store.path(*manifest_key("mixed", result.version))).read_text())
+    assert "files" not in head and head["shards"] == result.manifest.shards
+    canon = json.dumps(sorted((f.path, f.size, f.sha256) for f in files), separators=(",", ":"))
+    assert result.version == hashlib.sha256(canon.encode()).hexdigest()[:16]  # the id inline manifests had
+
+
+def test_inline_manifests_written_before_shards_still_list_show_diff_and_pull(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(tmp_path / "src")
+    new = datasets.stage(store, "mixed", str(source))
+    files = [f.model_dump() for f in datasets.iter_files(store, new.manifest)]
+    old = {"dataset": "mixed", "version": "0ld0ld0ld0ld0ld0", "source": "somewhere", "files": files[1:],
+           "created_at": "2020-01-01T00:00:00Z", "schemas": {}, "total_bytes": 1, "total_rows": None}
+    store.write_bytes(json.dumps(old).encode(), *manifest_key("mixed", old["version"]))
+    monkeypatch.setenv("SHIPYARD_STORE_URI", store.root)
+
+    assert main(["data", "ls", "mixed"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [old["version"], new.version]
+    assert main(["data", "show", "mixed", "0ld"]) == 0 and "4 files" in capsys.readouterr().out
+    assert main(["data", "diff", "mixed", "0ld", new.version]) == 0
+    assert f"+ {files[0]['path']}" in capsys.readouterr().out
+    pulled = datasets.pull(store, "mixed", str(old["version"]), tmp_path / "cache")
+    assert sorted(str(p.relative_to(pulled)) for p in pulled.rglob("*") if p.is_file()) == \
+        sorted(f["path"] for f in files[1:])
