@@ -115,6 +115,46 @@ def peak_memory(endpoint: str, source: Path) -> tuple[float, float, int]:
     return time.perf_counter() - start, float(out[0]), int(out[1])
 
 
+def write_tiny_csvs(directory: Path, count: int, per_dir: int = 1000) -> Path:
+    """Write ``count`` distinct tiny CSV files, ``per_dir`` to a directory (as image datasets are laid out)."""
+    for i in range(count):
+        sub = directory / f"d{i // per_dir:04d}"
+        if i % per_dir == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:07d}.csv").write_text(f"id,value\n{i},{i * 7 % 13}\n")
+    return directory
+
+
+def local_child(args: argparse.Namespace) -> None:
+    """Stage onto a local store in this fresh process; print wall seconds, peak RSS (MB) and files hashed."""
+    start = time.perf_counter()
+    result = datasets.stage(filesystem(Settings(store_uri=args.store)), "scale", args.local_source,
+                            hash_cache=Path(args.cache))
+    wall = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{wall:.3f} {peak_kb / 1024:.0f} {result.files_hashed} {int(result.created)}")
+
+
+def scaling(counts: list[int], work: Path) -> list[str]:
+    """Stage ``count`` tiny CSVs onto a local store, then re-stage them unchanged, each in a fresh process."""
+    rows = ["| files | first staging | per file | peak RSS | re-stage unchanged | per file | peak RSS |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for count in counts:
+        source = write_tiny_csvs(work / f"tiny-{count}", count)
+        time.sleep(0.2)  # past the hash cache's racy window
+        runs = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-m", "bench.staging", "--child-local", str(source),
+                                  "--store", str(work / f"store-{count}"), "--cache", str(work / f"h-{count}.db")],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            runs.append((float(out[0]), float(out[1]), int(out[2])))
+        (first, first_rss, _), (again, again_rss, rehashed) = runs
+        rows.append(f"| {count:,} | {first:.1f} s | {first / count * 1e6:.0f} µs | {first_rss:.0f} MB | "
+                    f"{again:.2f} s ({rehashed} hashed) | {again / count * 1e6:.1f} µs | {again_rss:.0f} MB |")
+        shutil.rmtree(source)
+    return rows
+
+
 def run(sizes: Sizes, work: Path) -> list[str]:
     """Run the four measurements and return the report lines (markdown)."""
     proc, endpoint = seaweedfs.start(work / "seaweedfs")
@@ -163,16 +203,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="less data: 500 small files, 6 x 50 MB, 0.5 GB")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--scaling", type=int, nargs="*", default=None,
+                        help="only the file-count scaling case on a local store (default counts: 10000 100000)")
     parser.add_argument("--child-stage", dest="source", help=argparse.SUPPRESS)
+    parser.add_argument("--child-local", dest="local_source", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.source:
         stage_child(args)
         return
+    if args.local_source:
+        local_child(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-staging-", dir=args.workdir))
     try:
         started = time.perf_counter()
+        if args.scaling is not None:
+            print("\n".join(scaling(args.scaling or [10_000, 100_000], work)))
+            return
         lines = run(QUICK if args.quick else FULL, work)
         print("\n".join(lines))
         print(f"\n(SeaweedFS {seaweedfs_version()} on 127.0.0.1, {os.cpu_count()} CPUs shared by client and server; "

@@ -5,7 +5,8 @@ its SHA-256, like git's index. A same-size edit changes ctime even when mtime is
 hashed again. File timestamps come from a coarse clock, so an entry is only recorded when the file was
 last changed well before it was hashed ("racily clean" files, in git's words, are hashed every time).
 New entries are committed in batches: one commit per file would make a first staging of many small files
-wait on the disk for each.
+wait on the disk for each. Files come in path order, so lookups walk one sorted scan of the table alongside
+them instead of querying once per file.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from shipyard.datasets.source import Source, SourceFile
 from shipyard.errors import DatasetError
@@ -41,6 +43,9 @@ class HashCache:
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[object, ...]] = []
         self._flushed = time.monotonic()
+        self._reader: sqlite3.Connection | None = None
+        self._scan: Iterator[tuple[Any, ...]] | None = None
+        self._row: tuple[Any, ...] | None = None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -52,13 +57,29 @@ class HashCache:
         return self._db
 
     def get(self, file: SourceFile) -> str | None:
-        """Return the cached hash if the file's identity and stat are unchanged."""
+        """Return the cached hash if the file's identity and stat are unchanged (files in path order are fastest)."""
         if file.stat is None:
             return None
-        with self._lock:
-            row = self._conn().execute("SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes WHERE path = ?",
-                                       (file.path,)).fetchone()
-        return str(row[5]) if row is not None and tuple(row[:5]) == file.stat else None
+        row = self._scanned(file.path)
+        if row is None:
+            with self._lock:
+                row = self._conn().execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes "
+                                           "WHERE path = ?", (file.path,)).fetchone()
+        return str(row[6]) if row is not None and tuple(row[1:6]) == file.stat else None
+
+    def _scanned(self, path: str) -> tuple[Any, ...] | None:
+        """Advance a sorted scan of the table (on a connection of its own) to ``path``; its row if there."""
+        if self._scan is None:
+            self._conn()  # creates the table
+            self._reader = reader = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._scan = iter(reader.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes "
+                                             "WHERE path >= ? ORDER BY path", (path,)))
+            self._row = next(self._scan, None)
+        if self._row is not None and self._row[0] > path:  # out of order: leave it to a point query
+            return None
+        while self._row is not None and self._row[0] < path:
+            self._row = next(self._scan, None)
+        return self._row if self._row is not None and self._row[0] == path else None
 
     def put(self, file: SourceFile, sha256: str, hashed_at_ns: int) -> None:
         """Remember a hash, unless the file changed too close to when it was hashed to trust its stat."""
@@ -79,6 +100,9 @@ class HashCache:
 
     def close(self) -> None:
         """Write what is pending and close the database."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._scan = self._row = None
         if self._db is not None or self._pending:
             with self._lock:
                 self._flush()

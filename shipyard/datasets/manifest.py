@@ -16,8 +16,8 @@ format gave.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime
+from json.encoder import encode_basestring_ascii as _json_string  # what json.dumps writes for a str
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
@@ -78,8 +78,8 @@ class VersionHasher:
 
     def add(self, path: str, size: int, sha256: str) -> None:
         """Add the next file (paths must come sorted)."""
-        item = json.dumps([path, size, sha256], separators=(",", ":"))
-        self._digest.update(item.encode() if self._first else b"," + item.encode())
+        item = f'{"" if self._first else ","}[{_json_string(path)},{int(size)},{_json_string(sha256)}]'
+        self._digest.update(item.encode())
         self._first = False
 
     def version(self) -> str:

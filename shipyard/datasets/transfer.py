@@ -183,6 +183,9 @@ def in_order(items: Iterable[tuple[K, Future[R] | R]], window: int, tick: Callab
     """Yield ``(key, result)`` in the order given, with at most ``window`` results outstanding."""
     pending: deque[tuple[K, Future[R] | R]] = deque()
     for item in items:
+        if not pending and not isinstance(item[1], Future):
+            yield item  # type: ignore[misc]  # a ready result with nothing before it: no queueing
+            continue
         pending.append(item)
         while len(pending) > window:
             yield _resolve(pending.popleft(), tick)
