@@ -89,7 +89,10 @@ def test_same_size_edit_with_restored_mtime_is_seen_through_the_hash_cache(store
 def test_a_file_changed_just_before_hashing_is_not_trusted_from_the_cache(store: Store, tmp_path: Path) -> None:
     source = make_source(tmp_path / "src")
     cache = tmp_path / "hashes.sqlite"
-    datasets.stage(store, "mixed", str(source), hash_cache=cache)  # files are seconds-fresh: racily clean
+    soon = time.time_ns() + 60 * 10**9  # stamped as changed within the racy window of any hashing in the next minute
+    for path in source.rglob("*"):
+        os.utime(path, ns=(soon, soon))
+    datasets.stage(store, "mixed", str(source), hash_cache=cache)
 
     again = datasets.stage(store, "mixed", str(source), hash_cache=cache)
 
