@@ -234,3 +234,27 @@ def test_bad_sources_fail_naming_the_file_and_publish_nothing(s3: S3, tmp_path: 
         datasets.stage(store(), "digits", source, options=OPTIONS)
 
     assert s3.keys("store/") == []
+
+
+def test_gc_aborts_a_killed_stagings_multipart_upload_and_deletes_its_unreferenced_objects(
+        s3: S3, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shipyard.cli import main
+
+    source = make_source(tmp_path / "src")
+    kept = datasets.stage(store(), "digits", str(source), options=OPTIONS)
+    orphan = "store/objects/ab/" + "ab" * 32  # as a staging killed before its manifest leaves it
+    s3.client.put_object(Bucket=s3.bucket, Key=orphan, Body=b"half a dataset")
+    upload = s3.client.create_multipart_upload(Bucket=s3.bucket, Key="store/objects/cd/" + "cd" * 32)["UploadId"]
+    s3.client.upload_part(Bucket=s3.bucket, Key="store/objects/cd/" + "cd" * 32, UploadId=upload, PartNumber=1,
+                          Body=b"x" * 100)
+    before = set(s3.keys("store/"))
+
+    assert main(["data", "gc", "--older-than", "0s"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in listed[:-1]) == ["object", "upload"]
+    assert set(s3.keys("store/")) == before
+
+    assert main(["data", "gc", "--older-than", "0s", "--abort"]) == 0
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert set(s3.keys("store/")) == before - {orphan}
+    assert same_files(datasets.pull(store(), "digits", kept.version, tmp_path / "cache"), source)

@@ -320,3 +320,40 @@ def test_inline_manifests_written_before_shards_still_list_show_diff_and_pull(
     pulled = datasets.pull(store, "mixed", str(old["version"]), tmp_path / "cache")
     assert sorted(str(p.relative_to(pulled)) for p in pulled.rglob("*") if p.is_file()) == \
         sorted(f["path"] for f in files[1:])
+
+
+def test_gc_lists_then_removes_only_old_unreferenced_objects_shards_and_partial_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHIPYARD_STORE_URI", str(tmp_path / "store"))
+    store = filesystem(Settings(store_uri=str(tmp_path / "store")))
+    version = datasets.stage(store, "mixed", str(make_source(tmp_path / "src"))).version
+    kept = sorted(str(p) for p in Path(store.root).rglob("*") if p.is_file())
+    old = time.time() - 2 * 86400
+    litter = [Path(store.path(*object_key("ab" * 32))),
+              Path(store.path("datasets", "mixed", "shards", "f" * 64 + ".jsonl")),
+              Path(store.path("objects", "cd", "cd" * 32 + ".tmp-1234"))]
+    for path in litter:
+        _write(path, "left by a killed staging")
+        os.utime(path, (old, old))
+    fresh = Path(store.path(*object_key("ef" * 32)))  # could belong to a staging running now
+    _write(fresh, "just uploaded")
+    for path in Path(store.root).rglob("*"):
+        if str(path) in kept:
+            os.utime(path, (old, old))  # old too, but referenced
+
+    assert main(["data", "gc"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[-1] for line in listed[:-1]) == sorted(str(p) for p in litter)
+    assert listed[-1].startswith("3 stale uploads, objects and shards older than 24h found")
+    assert all(p.exists() for p in litter)  # listing removes nothing
+
+    assert main(["data", "gc", "--older-than", "1h", "--abort"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("3 stale uploads, objects and shards older than 1h removed")
+    assert not any(p.exists() for p in litter) and fresh.exists()
+    assert all(Path(p).exists() for p in kept)
+    assert (datasets.pull(store, "mixed", version, tmp_path / "cache") / "labels.csv").exists()
+
+    assert main(["data", "gc", "--older-than", "yesterday"]) == 1
+    assert capsys.readouterr().err.strip() == ("shipyard: error: --older-than 'yesterday' is not an age: use a number "
+                                               "with s, m, h or d (e.g. 24h)")
