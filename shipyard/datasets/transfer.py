@@ -148,7 +148,7 @@ def upload(store: Store, source: Source, blobs: Iterable[Blob], options: StageOp
     called from worker threads; ``tick`` from the calling thread while it waits.
     """
     buffers = BufferPool(options.memory_budget // options.buffer_size, options.buffer_size)
-    sizes: list[int] = []  # only the non-zero ones: objects created
+    created = [0, 0]  # objects created, bytes stored
     with ThreadPoolExecutor(options.jobs, thread_name_prefix="stage") as pool, \
             ThreadPoolExecutor(max(1, min(4, options.jobs // 4)), thread_name_prefix="stage-multipart") as large, \
             cancel_on_failure(pool, large):
@@ -165,17 +165,20 @@ def upload(store: Store, source: Source, blobs: Iterable[Blob], options: StageOp
         for blob in blobs:
             pending.add(submit(blob))
             while len(pending) >= 4 * options.jobs:
-                pending = _settle(pending, tick, sizes)
+                pending = _settle(pending, tick, created)
         while pending:
-            pending = _settle(pending, tick, sizes)
-    return len(sizes), sum(sizes)
+            pending = _settle(pending, tick, created)
+    return created[0], created[1]
 
 
-def _settle(pending: set[Future[int]], tick: Callable[[], None], sizes: list[int]) -> set[Future[int]]:
-    """Wait until some uploads finish; record their sizes, re-raising the first failure here."""
+def _settle(pending: set[Future[int]], tick: Callable[[], None], created: list[int]) -> set[Future[int]]:
+    """Wait until some uploads finish; count what they stored, re-raising the first failure here."""
     done, rest = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
     tick()
-    sizes.extend(size for size in (future.result() for future in done) if size > 0)
+    for future in done:
+        size = future.result()
+        created[0] += size > 0
+        created[1] += size
     return rest
 
 
