@@ -65,7 +65,7 @@ class HashCache:
             with self._lock:
                 row = self._conn().execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM hashes "
                                            "WHERE path = ?", (file.path,)).fetchone()
-        return str(row[6]) if row is not None and tuple(row[1:6]) == file.stat else None
+        return str(row[6]) if row is not None and row[1:6] == file.stat else None
 
     def _scanned(self, path: str) -> tuple[Any, ...] | None:
         """Advance a sorted scan of the table (on a connection of its own) to ``path``; its row if there."""

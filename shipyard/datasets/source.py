@@ -110,23 +110,37 @@ def list_source(source: str) -> Source:
 
 
 def _walk(root: str, rel: str) -> Iterator[SourceFile]:
-    """Yield the files under ``root/rel`` sorted by relative path: a directory sorts as its name + '/'."""
-    directory = f"{root}/{rel}" if rel else root
-    with os.scandir(directory) as entries:
-        names = sorted(e.name + "/" if e.is_dir() else e.name for e in entries if not e.name.startswith((".", "_")))
-    for name in names:
-        child = f"{rel}/{name}" if rel else name
-        if _BAD_CHARS.search(name):  # scandir names are never empty, '.', '..' or hold '/': only this to check
-            check_name(child, f"{root}/{child}")
-        if name.endswith("/"):
-            yield from _walk(root, child[:-1])
+    """Yield the files under ``root/rel`` sorted by relative path: a directory sorts as its name + '/'.
+
+    One generator with a stack of directories, not one per level: this loop runs once per file.
+    """
+    stack = [(rel, iter(_names(root, rel)))]
+    while stack:
+        parent, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        child = f"{parent}/{name}" if parent else name
+        if name[-1] == "/":
+            stack.append((child[:-1], iter(_names(root, child[:-1]))))
             continue
         path = f"{root}/{child}"
         st = os.stat(path)
-        if not stat_is_file(st.st_mode):
-            continue
-        yield SourceFile(path=path, rel=child, size=st.st_size,
-                         stat=(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        if stat_is_file(st.st_mode):
+            stat = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            yield SourceFile(path, child, st.st_size, stat)
+
+
+def _names(root: str, rel: str) -> list[str]:
+    """Return a directory's visible names, sorted, directories as 'name/', after checking them."""
+    with os.scandir(f"{root}/{rel}" if rel else root) as entries:
+        names = sorted(e.name + "/" if e.is_dir() else e.name for e in entries if not e.name.startswith((".", "_")))
+    if _BAD_CHARS.search("".join(names)):  # scandir names are never empty, '.', '..' or hold '/': only this to check
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            check_name(child.rstrip("/"), f"{root}/{child}")
+    return names
 
 
 def _hidden(path: str, base: str) -> bool:

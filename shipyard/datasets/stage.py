@@ -93,9 +93,11 @@ class _Reporter:
         with self._lock:
             self._done += amount
 
-    def grow(self, amount: int) -> None:
+    def grow(self, amount: int, done: bool = False) -> None:
         with self._lock:
             self.total += amount
+            if done:
+                self._done += amount
 
     def tick(self) -> None:
         if self.progress is not None:
@@ -159,10 +161,9 @@ def _hash_all(src: Source, cache: HashCache | None, pool: ThreadPoolExecutor, re
 
     def submitted() -> Iterator[tuple[SourceFile, Future[tuple[str, bool]] | tuple[str, bool]]]:
         for file in src.files():
-            report.grow(file.size)
             known = cache.get(file) if cache is not None else None
+            report.grow(file.size, done=known is not None)
             if known is not None:
-                report.add(file.size)
                 yield file, (known, True)
             else:
                 yield file, pool.submit(hash_file, src, file, cache, report.add)
@@ -187,10 +188,10 @@ def _describe_all(src: Source, work: WorkList, pool: ThreadPoolExecutor, report:
 
     def submitted() -> Iterator[tuple[SourceFile, Future[FileEntry] | FileEntry]]:
         for file, sha in work.files():
-            report.grow(1)
             seen = work.known(sha)
-            if seen is not None and seen.format == file_format(file.rel):
-                report.add(1)
+            reuse = seen is not None and seen.format == file_format(file.rel)
+            report.grow(1, done=reuse)
+            if seen is not None and reuse:
                 yield file, seen.model_copy(update={"path": file.rel})
             else:
                 yield file, pool.submit(_describe, src, file, sha, report)
