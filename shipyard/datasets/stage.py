@@ -81,12 +81,13 @@ class _Reporter:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.phase, self.total, self.unit = "", 0, "bytes"
-        self._done = 0
+        self._done = 0  # counted by workers, under the lock
+        self._done_here = 0  # counted by the caller's thread alone: no lock, it runs once per file
         self._lock = threading.Lock()
 
     def start(self, phase: str, total: int, unit: str = "bytes") -> None:
         with self._lock:
-            self.phase, self.total, self.unit, self._done = phase, total, unit, 0
+            self.phase, self.total, self.unit, self._done, self._done_here = phase, total, unit, 0, 0
         self.tick()
 
     def add(self, amount: int) -> None:
@@ -94,20 +95,21 @@ class _Reporter:
             self._done += amount
 
     def grow(self, amount: int, done: bool = False) -> None:
-        with self._lock:
-            self.total += amount
-            if done:
-                self._done += amount
+        """Add to the total (caller's thread only), and to what is done if ``done``."""
+        self.total += amount
+        if done:
+            self._done_here += amount
 
     def tick(self) -> None:
         if self.progress is not None:
             with self._lock:
-                event = StageProgress(self.phase, min(self._done, self.total), self.total, self.unit)
+                event = StageProgress(self.phase, min(self._done + self._done_here, self.total), self.total,
+                                      self.unit)
             self.progress(event)
 
     def finish(self) -> None:
         with self._lock:
-            self._done = self.total
+            self._done, self._done_here = self.total, 0
         self.tick()
 
 
@@ -125,7 +127,7 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
     src = list_source(source)
     with tempfile.TemporaryDirectory(prefix="shipyard-stage-") as tmp, \
             ThreadPoolExecutor(options.jobs, thread_name_prefix="stage-read") as pool, \
-            closing(WorkList(Path(tmp) / "work.sqlite")) as work:
+            closing(WorkList(Path(tmp))) as work:
         cache = HashCache(hash_cache) if hash_cache is not None else None
         try:
             version, hashed = _hash_all(src, cache, pool, report, work, 4 * options.jobs)
@@ -141,7 +143,7 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
         checker = Checker(source)
         shards = _describe_all(src, work, pool, report, checker, ShardWriter(Path(tmp)), 4 * options.jobs)
         schemas = checker.finish()
-        report.start("upload", work.missing_bytes())
+        report.start("upload", work.plan())
         uploaded, sent = upload(store, src, (Blob(sha256=s, file=f) for f, s in work.missing()), options,
                                 report.add, report.tick)
         report.finish()

@@ -1,7 +1,10 @@
-"""A staging's scratch list on local disk (SQLite): its files and hashes, and the entries it can reuse.
+"""A staging's scratch list on local disk: its files and hashes, and the entries it can reuse.
 
-Staging passes over the files three times (hash, inspect, upload); keeping the list in a temporary
-database instead of in memory is what bounds memory whatever the number of files.
+Staging passes over the files three times (hash, inspect, upload); keeping the list in temporary files
+instead of in memory is what bounds memory whatever the number of files. The file list is a plain
+tab-separated file (appending a line costs a fraction of an SQLite insert, and a re-staging writes one per
+file before it knows it has nothing to do); the entries of the previous version and the contents to upload
+are SQLite tables, for lookups and de-duplication.
 """
 
 from __future__ import annotations
@@ -12,42 +15,32 @@ from pathlib import Path
 
 from shipyard.datasets.manifest import FileEntry
 from shipyard.datasets.source import SourceFile
+from shipyard.errors import DatasetError
 
 _SCHEMA = """
-CREATE TABLE files (seq INTEGER PRIMARY KEY, path TEXT, rel TEXT, size INTEGER, sha256 TEXT,
-                    dev INTEGER, ino INTEGER, mtime_ns INTEGER, ctime_ns INTEGER);
 CREATE TABLE known (sha256 TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE todo (sha256 TEXT PRIMARY KEY, line TEXT NOT NULL);
 """
-_INSERT = "INSERT INTO files (path, rel, size, sha256, dev, ino, mtime_ns, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_ALL = "SELECT path, rel, size, sha256, dev, ino, mtime_ns, ctime_ns FROM files ORDER BY seq"
-# One file per content that no earlier version holds.
-_MISSING = ("SELECT path, rel, size, sha256, dev, ino, mtime_ns, ctime_ns FROM files "
-            "WHERE sha256 NOT IN (SELECT sha256 FROM known) GROUP BY sha256")
-_MISSING_BYTES = ("SELECT COALESCE(SUM(size), 0) FROM (SELECT size FROM files "
-                  "WHERE sha256 NOT IN (SELECT sha256 FROM known) GROUP BY sha256)")
 
 
 class WorkList:
     """The files of one staging, in path order, with their hashes; and entries earlier versions recorded."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None)
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / "files.tsv"
+        self._out = open(self._path, "w", encoding="utf-8", newline="\n")
+        self._db = sqlite3.connect(directory / "work.sqlite", isolation_level=None)
         self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
-        self._batch: list[tuple[object, ...]] = []
 
     def add(self, file: SourceFile, sha256: str) -> None:
         """Append the next file (in path order) and its hash."""
-        dev, ino, _, mtime, ctime = file.stat or (None, None, None, None, None)
-        self._batch.append((file.path, file.rel, file.size, sha256, dev, ino, mtime, ctime))
-        if len(self._batch) >= 10_000:
-            self.flush()
+        if "\t" in file.path or "\n" in file.path:
+            raise DatasetError(f"{file.path!r}: tabs and line breaks in a source path are not supported")
+        self._out.write(f"{file.rel}\t{file.size}\t{sha256}\t{_stat(file)}\t{file.path}\n")
 
     def flush(self) -> None:
-        """Write the files added so far."""
-        self._db.execute("BEGIN")
-        self._db.executemany(_INSERT, self._batch)
-        self._db.execute("COMMIT")
-        self._batch.clear()
+        """Make the files added so far readable."""
+        self._out.flush()
 
     def remember(self, entries: Iterable[FileEntry]) -> None:
         """Record entries an earlier version holds: their objects are stored and their formats known."""
@@ -63,21 +56,40 @@ class WorkList:
 
     def files(self) -> Iterator[tuple[SourceFile, str]]:
         """Yield every file and its hash, in path order."""
-        yield from self._rows(_ALL)
+        self.flush()
+        with open(self._path, encoding="utf-8", newline="\n") as lines:
+            for line in lines:
+                yield _parse(line)
+
+    def plan(self) -> int:
+        """Pick one file for each content no earlier version holds; return their total size."""
+        self._db.execute("BEGIN")
+        for file, sha256 in self.files():
+            self._db.execute("INSERT OR IGNORE INTO todo SELECT ?, ? WHERE NOT EXISTS "
+                             "(SELECT 1 FROM known WHERE sha256 = ?)",
+                             (sha256, f"{file.rel}\t{file.size}\t{sha256}\t{_stat(file)}\t{file.path}\n", sha256))
+        self._db.execute("COMMIT")
+        return sum(int(line.split("\t", 2)[1]) for (line,) in self._db.execute("SELECT line FROM todo"))
 
     def missing(self) -> Iterator[tuple[SourceFile, str]]:
-        """Yield one file for each content no earlier version holds."""
-        yield from self._rows(_MISSING)
-
-    def missing_bytes(self) -> int:
-        """Return the size of the contents no earlier version holds."""
-        return int(self._db.execute(_MISSING_BYTES).fetchone()[0])
-
-    def _rows(self, query: str) -> Iterator[tuple[SourceFile, str]]:
-        for path, rel, size, sha256, dev, ino, mtime, ctime in self._db.execute(query):
-            stat = None if dev is None else (dev, ino, size, mtime, ctime)
-            yield SourceFile(path=path, rel=rel, size=size, stat=stat), sha256
+        """Yield the files :meth:`plan` picked."""
+        for (line,) in self._db.execute("SELECT line FROM todo ORDER BY rowid"):
+            yield _parse(line)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the files."""
+        self._out.close()
         self._db.close()
+
+
+def _stat(file: SourceFile) -> str:
+    if file.stat is None:
+        return "\t\t\t\t"
+    dev, ino, size, mtime, ctime = file.stat
+    return f"{dev}\t{ino}\t{size}\t{mtime}\t{ctime}"
+
+
+def _parse(line: str) -> tuple[SourceFile, str]:
+    rel, size, sha256, dev, ino, size_again, mtime, ctime, path = line.rstrip("\n").split("\t")
+    stat = (int(dev), int(ino), int(size_again), int(mtime), int(ctime)) if dev else None
+    return SourceFile(path, rel, int(size), stat), sha256
