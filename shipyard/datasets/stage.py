@@ -10,8 +10,8 @@ killed before 6 leaves only content-addressed objects and shards, which no head 
 next staging reuses (or ``shipyard data gc`` removes).
 
 Files stream through each step in path order with a bounded number in flight, and the list between
-steps lives in a temporary SQLite file (:mod:`shipyard.datasets.worklist`), so memory stays flat
-whatever the number of files.
+steps lives in temporary files (:mod:`shipyard.datasets.worklist`), so memory stays flat whatever the
+number of files.
 """
 
 from __future__ import annotations
