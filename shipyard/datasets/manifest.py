@@ -89,14 +89,6 @@ class VersionHasher:
         return digest.hexdigest()[:16]
 
 
-def version_id(files: list[FileEntry]) -> str:
-    """Derive the version id from a whole file list."""
-    hasher = VersionHasher()
-    for f in sorted(files, key=lambda e: e.path):
-        hasher.add(f.path, f.size, f.sha256)
-    return hasher.version()
-
-
 def object_key(sha256: str) -> tuple[str, str, str]:
     """Return the store path parts of a content-addressed object."""
     return ("objects", sha256[:2], sha256)
