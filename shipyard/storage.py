@@ -140,6 +140,22 @@ class Store:
         with _SESSION_LOCK:  # botocore sessions are not thread-safe; clients are
             return _boto_session().client("s3", config=Config(**config), **kwargs)
 
+    def s3_credentials(self) -> Any:
+        """Return botocore credentials for this store: its explicit keys, else botocore's standard chain.
+
+        The chain covers environment keys, profiles, SSO, IRSA's web identity token and instance metadata;
+        refreshable ones refresh on ``get_frozen_credentials()``. None if the chain finds nothing.
+        """
+        from botocore.credentials import Credentials
+
+        if self.is_local:
+            raise StoreError(f"{self.uri} is a local directory, not S3 ({SETTING})")
+        fs: Any = self.fs
+        if fs.key and fs.secret:
+            return Credentials(fs.key, fs.secret, fs.token)
+        with _SESSION_LOCK:
+            return _boto_session().get_credentials()
+
     def check(self) -> None:
         """Fail with one line naming the URI and the setting if the store cannot be reached."""
         with self._errors():

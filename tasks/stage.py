@@ -65,6 +65,7 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     else:
         logger.info("cache hit: dataset %s version %s already staged (0 bytes uploaded)", dataset.name, result.version)
     key = "dataset-" + re.sub(r"[^a-z0-9-]", "-", dataset.name)  # artifact keys allow only [a-z0-9-]
-    create_markdown_artifact(manifest_markdown(result.manifest, store.url("datasets", dataset.name)),
+    create_markdown_artifact(manifest_markdown(result.manifest, store.url("datasets", dataset.name),
+                                               files=datasets.iter_files(store, result.manifest)),
                              key=key, description=f"{dataset.name}@{result.version}")
     return result.manifest

@@ -1,4 +1,4 @@
-"""``shipyard data stage|ls|show|pull|diff``: dataset versions from the terminal."""
+"""``shipyard data stage|ls|show|pull|diff|gc``: dataset versions from the terminal."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from shipyard import datasets
+from shipyard.datasets.gc import Collector
 from shipyard.datasets.report import diff_lines, human_size, totals
 from shipyard.datasets.stage import Progress as StageProgressCallback
 from shipyard.errors import ConfigError
@@ -23,7 +25,7 @@ PHASE_LABELS = {"hash": "Hashing", "inspect": "Checking formats", "upload": "Upl
 
 def register(sub: Any) -> None:
     """Add ``data`` and its subcommands."""
-    data = sub.add_parser("data", help="stage, list, show, pull and diff dataset versions",
+    data = sub.add_parser("data", help="stage, list, show, pull, diff and garbage-collect dataset versions",
                           description="Immutable, content-addressed dataset versions in the store "
                           "(SHIPYARD_STORE_URI).")
     verbs = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -55,6 +57,14 @@ def register(sub: Any) -> None:
     diff.add_argument("old", help="older version (id, prefix or 'latest')")
     diff.add_argument("new", help="newer version (id, prefix or 'latest')")
     diff.set_defaults(func=cmd_diff)
+    gc = verbs.add_parser("gc", help="list (or remove) what no version needs: stale uploads, unreferenced objects",
+                          description="List incomplete multipart uploads, and objects and manifest shards no "
+                          "version names, older than --older-than; with --abort, abort and delete them. Run it "
+                          "when no staging is running.")
+    gc.add_argument("--older-than", default="24h", metavar="AGE",
+                    help="only what is older than this: a number with s, m, h or d (default 24h)")
+    gc.add_argument("--abort", action="store_true", help="abort the uploads and delete the objects (default: list)")
+    gc.set_defaults(func=cmd_gc)
 
 
 def _store() -> tuple[Settings, Store]:
@@ -134,7 +144,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"source:  {manifest.source}\ncreated: {manifest.created_at.isoformat()}")
     for group, columns in manifest.schemas.items():
         print(f"schema {group}: " + ", ".join(f"{k}:{v}" for k, v in columns.items()))
-    for entry in manifest.files:
+    for entry in datasets.iter_files(store, manifest):
         rows = "" if entry.rows is None else f"{entry.rows:>10,} rows"
         print(f"  {entry.sha256[:12]}  {human_size(entry.size):>9}  {entry.format:<7} {rows:>15}  {entry.path}")
     return 0
@@ -149,12 +159,37 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_age(text: str) -> timedelta:
+    """Turn '90s', '30m', '24h' or '7d' into a duration."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match is None:
+        raise ConfigError(f"--older-than {text!r} is not an age: use a number with s, m, h or d (e.g. 24h)")
+    return timedelta(seconds=float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)])
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """List, or with --abort remove, what no version needs; print one line each and a total."""
+    age = parse_age(args.older_than)
+    _, store = _store()
+    collector = Collector(store)
+    count = size = 0
+    for item in collector.find(age):
+        if args.abort:
+            collector.remove(item)
+        count, size = count + 1, size + item.size
+        verb = ("aborted" if item.kind == "upload" else "deleted") if args.abort else item.kind
+        print(f"{verb:<8} {item.modified:%Y-%m-%d %H:%M:%S}Z  {human_size(item.size):>9}  {item.url}")
+    done = "removed" if args.abort else "found (remove with --abort)"
+    print(f"{count} stale uploads, objects and shards older than {args.older_than} {done}: {human_size(size)}")
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """Print what changed between two versions; exit 0 either way."""
     _, store = _store()
     old = datasets.load_manifest(store, args.name, datasets.resolve_version(store, args.name, args.old))
     new = datasets.load_manifest(store, args.name, datasets.resolve_version(store, args.name, args.new))
     print(f"{args.name}: {old.version} -> {new.version}")
-    print("\n".join(diff_lines(datasets.diff(old, new))))
+    print("\n".join(diff_lines(datasets.diff(store, old, new))))
     sys.stdout.flush()
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shipyard.datasets.manifest import FileEntry, Manifest
+from shipyard.datasets.versions import iter_files
+from shipyard.storage import Store
 
 
 @dataclass(frozen=True)
@@ -32,20 +34,32 @@ class DatasetDiff:
         return sum(size for sha, size in fresh.items() if sha not in have)
 
 
-def diff(old: Manifest, new: Manifest) -> DatasetDiff:
-    """Compare two manifests by path and content hash."""
-    before = {e.path: e for e in old.files}
-    after = {e.path: e for e in new.files}
-    common = sorted(before.keys() & after.keys())
-    changed = [(before[p], after[p]) for p in common if before[p].sha256 != after[p].sha256]
-    return DatasetDiff(
-        old=old.version, new=new.version,
-        added=[after[p] for p in sorted(after.keys() - before.keys())],
-        removed=[before[p] for p in sorted(before.keys() - after.keys())],
-        changed=changed,
-        unchanged=len(before.keys() & after.keys()) - len(changed),
-        schema_changes=_schema_changes(old.schemas, new.schemas),
-    )
+def diff(store: Store, old: Manifest, new: Manifest) -> DatasetDiff:
+    """Compare two versions by path and content hash, walking both file lists in path order together.
+
+    Memory grows with the number of differences, not with the number of files.
+    """
+    added: list[FileEntry] = []
+    removed: list[FileEntry] = []
+    changed: list[tuple[FileEntry, FileEntry]] = []
+    unchanged = 0
+    before, after = iter_files(store, old), iter_files(store, new)
+    left, right = next(before, None), next(after, None)
+    while left is not None or right is not None:
+        if right is None or (left is not None and left.path < right.path):
+            removed.append(left)  # type: ignore[arg-type]  # left is not None here
+            left = next(before, None)
+        elif left is None or right.path < left.path:
+            added.append(right)
+            right = next(after, None)
+        else:
+            if left.sha256 != right.sha256:
+                changed.append((left, right))
+            else:
+                unchanged += 1
+            left, right = next(before, None), next(after, None)
+    return DatasetDiff(old=old.version, new=new.version, added=added, removed=removed, changed=changed,
+                       unchanged=unchanged, schema_changes=_schema_changes(old.schemas, new.schemas))
 
 
 def _schema_changes(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> list[str]:

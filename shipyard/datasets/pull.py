@@ -11,12 +11,14 @@ import logging
 import os
 import shutil
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from shipyard.datasets.manifest import FileEntry, object_key
+from shipyard.datasets.manifest import FileEntry, Manifest, object_key
 from shipyard.datasets.source import check_name
-from shipyard.datasets.versions import load_manifest
+from shipyard.datasets.transfer import cancel_on_failure, in_order
+from shipyard.datasets.versions import iter_files, load_manifest
 from shipyard.errors import DatasetError
 from shipyard.storage import Store
 
@@ -24,36 +26,47 @@ log = logging.getLogger(__name__)
 
 
 def pull(store: Store, name: str, version: str, cache_dir: Path, jobs: int = 8) -> Path:
-    """Materialise exactly ``version`` of ``name`` under ``cache_dir`` and return its directory."""
+    """Materialise exactly ``version`` of ``name`` under ``cache_dir`` and return its directory.
+
+    The file list streams from the manifest's shards with at most a few files per job in flight.
+    """
     target = cache_dir / "versions" / name / version
     if target.exists():
         log.info("dataset %s@%s already pulled to %s", name, version, target)
         return target
     manifest = load_manifest(store, name, version)
-    for entry in manifest.files:  # a manifest is data: never let it write outside the target
-        check_name(entry.path, entry.path)
-    unique = list({e.sha256: e for e in manifest.files}.values())
-    with ThreadPoolExecutor(jobs, thread_name_prefix="pull") as pool:
-        list(pool.map(lambda e: _fetch(store, e, cache_dir / "objects"), unique))
     staging = target.with_name(f".{version}.{uuid.uuid4().hex}")
-    for entry in manifest.files:
-        dest = staging / entry.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.link(cache_dir / "objects" / entry.sha256, dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
+        with ThreadPoolExecutor(jobs, thread_name_prefix="pull") as pool, cancel_on_failure(pool):
+            fetched: Iterator[tuple[FileEntry, Future[bool] | bool]] = (
+                (e, pool.submit(_fetch, store, e, cache_dir / "objects")) for e in _checked(store, manifest))
+            for entry, _ in in_order(fetched, 4 * jobs, lambda: None):
+                dest = staging / entry.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(cache_dir / "objects" / entry.sha256, dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, target)
-    except OSError:  # a concurrent pull finished first; its copy is identical
+    except OSError:
+        if not target.exists():
+            raise
+        # a concurrent pull finished first; its copy is identical
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("pulled dataset %s@%s (%d files) to %s", name, version, len(manifest.files), target)
+    log.info("pulled dataset %s@%s (%d files) to %s", name, version, manifest.file_count, target)
     return target
 
 
-def _fetch(store: Store, entry: FileEntry, objects: Path) -> None:
+def _checked(store: Store, manifest: Manifest) -> Iterator[FileEntry]:
+    for entry in iter_files(store, manifest):  # a manifest is data: never let it write outside the target
+        check_name(entry.path, entry.path)
+        yield entry
+
+
+def _fetch(store: Store, entry: FileEntry, objects: Path) -> bool:
     """Download one object into the cache unless it is there, and check its hash before keeping it."""
     blob = objects / entry.sha256
     if blob.exists():
-        return
+        return False
     blob.parent.mkdir(parents=True, exist_ok=True)
     tmp = blob.with_name(f".{entry.sha256}.{uuid.uuid4().hex}")
     try:
@@ -66,6 +79,7 @@ def _fetch(store: Store, entry: FileEntry, objects: Path) -> None:
             raise DatasetError(f"{entry.path}: object {store.url(*object_key(entry.sha256))} does not match its "
                                f"SHA-256 (the store copy is damaged; stage the dataset again to repair it)")
         os.replace(tmp, blob)
+        return True
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
+
 from shipyard.datasets.diff import DatasetDiff
-from shipyard.datasets.manifest import Manifest
+from shipyard.datasets.manifest import FileEntry, Manifest
 
 
 def human_size(n: int) -> str:
@@ -19,11 +22,12 @@ def human_size(n: int) -> str:
 def totals(manifest: Manifest) -> str:
     """Summarise a version in one line: files, size, rows."""
     rows = f", {manifest.total_rows:,} rows" if manifest.total_rows is not None else ""
-    return f"{len(manifest.files)} files, {human_size(manifest.total_bytes)}{rows}"
+    return f"{manifest.file_count:,} files, {human_size(manifest.total_bytes)}{rows}"
 
 
-def manifest_markdown(manifest: Manifest, location: str, max_files: int = 20) -> str:
-    """Render a manifest as markdown: totals, schema per shard group and the first files."""
+def manifest_markdown(manifest: Manifest, location: str, max_files: int = 20,
+                      files: Iterable[FileEntry] | None = None) -> str:
+    """Render a manifest as markdown: totals, schema per shard group and the first of ``files``, if given."""
     lines = [
         f"# Dataset `{manifest.dataset}` version `{manifest.version}`",
         "",
@@ -32,15 +36,16 @@ def manifest_markdown(manifest: Manifest, location: str, max_files: int = 20) ->
         f"- Created: {manifest.created_at.isoformat()}",
         f"- Contents: {totals(manifest)}",
         f"- Pull it: `shipyard data pull {manifest.dataset} {manifest.version}`",
-        "",
-        "| file | format | size | rows | sha256 |",
-        "|---|---|---|---|---|",
+        f"- List its files: `shipyard data show {manifest.dataset} {manifest.version}`",
     ]
-    for entry in manifest.files[:max_files]:
+    listed = list(islice(files if files is not None else manifest.files, max_files))
+    if listed:
+        lines += ["", "| file | format | size | rows | sha256 |", "|---|---|---|---|---|"]
+    for entry in listed:
         rows = "" if entry.rows is None else f"{entry.rows:,}"
         lines.append(f"| `{entry.path}` | {entry.format} | {human_size(entry.size)} | {rows} | `{entry.sha256[:12]}` |")
-    if len(manifest.files) > max_files:
-        lines.append(f"| … {len(manifest.files) - max_files} more | | | | |")
+    if listed and manifest.file_count > len(listed):
+        lines.append(f"| … {manifest.file_count - len(listed):,} more | | | | |")
     for group, columns in manifest.schemas.items():
         shown = list(columns.items())[:12]
         more = f" … ({len(columns) - 12} more)" if len(columns) > 12 else ""

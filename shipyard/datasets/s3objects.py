@@ -1,11 +1,13 @@
 """Content-addressed objects on S3: checksummed single and multipart uploads, verified before they count.
 
-Every request carries ``x-amz-checksum-sha256`` for its body, so servers that check it (AWS, SeaweedFS,
-MinIO) refuse a corrupted body outright. The answer is checked too: the SHA-256 the server echoes or, from
-servers that echo none (moto), the ETag against the body's MD5; with neither, the object is read back. A
-mismatch is uploaded again; 5xx, SlowDown and dropped connections are retried with exponential backoff
-(botocore's standard retry mode, or the same policy in :mod:`shipyard.datasets.s3put`, which sends the
-single-request uploads without botocore's per-request overhead).
+Single-request uploads go through ``obstore`` (the Rust ``object_store`` crate): create-only
+(``If-None-Match: *``), with ``x-amz-checksum-sha256`` computed for the body, so servers that check it
+(AWS, SeaweedFS, MinIO) refuse a corrupted body outright, and retries of 5xx, throttling and timeouts with
+backoff. Multipart uploads go through botocore (obstore cannot complete one create-only, nor promise to
+abort it): every part carries its SHA-256, completion is create-only, and any failure aborts the upload.
+The answer is checked too: the SHA-256 the server echoes or the ETag against the body's MD5; where
+neither matches (or the server echoes neither), the object is read back and hashed. A mismatch is
+uploaded again.
 """
 
 from __future__ import annotations
@@ -18,20 +20,25 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
+import obstore
 from botocore.exceptions import BotoCoreError, ClientError
+from obstore.exceptions import AlreadyExistsError, BaseError, GenericError
+from obstore.store import S3Store
 
 from shipyard.datasets.manifest import object_key
-from shipyard.datasets.s3put import SmallPuts, Unsupported
 from shipyard.datasets.source import Source, SourceFile
-from shipyard.datasets.transfer import SMALL, Blob, BufferPool, StageOptions, check_unchanged
+from shipyard.datasets.transfer import Blob, BufferPool, StageOptions, check_unchanged
 from shipyard.errors import DatasetError, StoreError
 from shipyard.storage import Store
 
 log = logging.getLogger(__name__)
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
+_CREDENTIALS_TTL = timedelta(minutes=5)  # ask botocore again this often: it refreshes expiring ones
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,9 @@ class S3Objects:
                  on_bytes: Callable[[int], None]) -> None:
         self.store, self.source, self.options, self.buffers, self.on_bytes = store, source, options, buffers, on_bytes
         self.client = store.s3_client(max_pool_connections=options.jobs + 4)
-        self.client.meta.events.register("before-send.s3.PutObject", _send_small_bodies_at_once)
         self.bucket, _, prefix = store.root.partition("/")
         self.prefix = prefix.strip("/")
-        self.small: SmallPuts | None = SmallPuts.for_client(self.client, self.bucket)
+        self.objects = object_store(store, self.client, self.bucket)
 
     def key(self, sha256: str) -> str:
         """Return the object key of a hash."""
@@ -83,7 +89,7 @@ class S3Objects:
     def _boundary(self, blob: Blob) -> Iterator[None]:
         try:
             yield
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, BaseError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"{blob.file.rel}: upload to s3://{self.bucket}/{self.key(blob.sha256)} failed "
                              f"after retries: {reason}") from exc
@@ -93,36 +99,24 @@ class S3Objects:
         with self.buffers.view(file.size) as data:
             if self.source.read_into(file, 0, data) != file.size or hashlib.sha256(data).hexdigest() != blob.sha256:
                 raise DatasetError(f"{file.rel}: changed while staging; stage again")
+            md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()  # S3's ETag, not security
             for attempt in range(self.options.verify_attempts):
-                try:
-                    answer = self._send_one(blob.sha256, data, create_only=attempt == 0)  # a retry overwrites
-                except ClientError as exc:
-                    if _code(exc) == "PreconditionFailed":
-                        return 0
-                    if _code(exc) != "BadDigest":
+                try:  # the first attempt is create-only; a retry overwrites with the same bytes
+                    answer = obstore.put(self.objects, self.key(blob.sha256), data,
+                                         mode="create" if attempt == 0 else "overwrite")
+                except AlreadyExistsError:
+                    return 0
+                except GenericError as exc:  # a body the server refused (BadDigest) or a dropped connection
+                    if attempt + 1 == self.options.verify_attempts and not _bad_digest(exc):
                         raise
+                    log.warning("upload of %s failed (%s); sending it again", file.rel, str(exc).splitlines()[0])
                     continue
-                if self._verified(answer, data, blob.sha256):
+                if str(answer.get("e_tag") or "").strip('"') == md5 or self._read_back(blob.sha256):
                     self.on_bytes(file.size)
                     return file.size
                 log.warning("object %s for %s failed its integrity check; uploading again", blob.sha256, file.rel)
         self._discard(blob)
         raise self._corrupted(file)
-
-    def _send_one(self, sha256: str, data: memoryview, create_only: bool) -> dict[str, Any]:
-        """PUT a whole object in one request, by the lean path where it can, else by botocore."""
-        checksum = _b64(bytes.fromhex(sha256))
-        small = self.small
-        if small is not None:
-            try:
-                return small.put(self.key(sha256), data, sha256, checksum, create_only)
-            except Unsupported as exc:
-                log.info("sending the remaining uploads through botocore: %s", exc)
-                self.small = None
-        extra = {"IfNoneMatch": "*"} if create_only else {}
-        answer: dict[str, Any] = self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=_body(data),
-                                                        ChecksumSHA256=checksum, **extra)
-        return answer
 
     def _put_large(self, blob: Blob, parts_pool: Executor) -> int:
         if self.exists(blob):
@@ -151,8 +145,9 @@ class S3Objects:
             digest = hashlib.sha256(data).digest()
             for _ in range(self.options.verify_attempts):
                 try:
-                    answer = self.client.upload_part(Bucket=self.bucket, Key=self.key(blob.sha256), UploadId=upload_id,
-                                                     PartNumber=number, Body=_body(data), ChecksumSHA256=_b64(digest))
+                    answer = self.client.upload_part(Bucket=self.bucket, Key=self.key(blob.sha256),
+                                                     UploadId=upload_id, PartNumber=number, Body=_ViewBody(data),
+                                                     ChecksumSHA256=_b64(digest))
                 except ClientError as exc:
                     if _code(exc) == "BadDigest":
                         continue
@@ -191,14 +186,15 @@ class S3Objects:
             raise self._corrupted(blob.file)
         return True
 
-    def _verified(self, answer: dict[str, Any], data: memoryview, sha256: str) -> bool:
-        ok = _check_answer(answer, data, bytes.fromhex(sha256)).ok
-        return self._read_back(sha256) if ok is None else ok
-
     def _read_back(self, sha256: str) -> bool:
         """Hash the stored object (for servers that echo neither a checksum nor an MD5 ETag)."""
         digest = hashlib.sha256()
-        body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
+        except ClientError as exc:
+            if _code(exc) in {"404", "NoSuchKey"}:
+                return False
+            raise
         for chunk in body.iter_chunks(2**20):
             digest.update(chunk)
         return digest.hexdigest() == sha256
@@ -222,7 +218,7 @@ class S3Objects:
 
 
 class _ViewBody:
-    """A seekable file over a borrowed buffer: botocore rewinds it to retry, and nothing copies it whole."""
+    """A seekable file over a borrowed part buffer: botocore rewinds it to retry, and nothing copies it whole."""
 
     def __init__(self, view: memoryview) -> None:
         self._view, self._pos = view, 0
@@ -243,18 +239,6 @@ class _ViewBody:
 
     def tell(self) -> int:
         return self._pos
-
-
-def _body(view: memoryview) -> bytes | _ViewBody:
-    """Send small bodies as bytes, large ones as a view of the borrowed buffer."""
-    return bytes(view) if len(view) <= SMALL else _ViewBody(view)
-
-
-def _send_small_bodies_at_once(request: Any, **_: Any) -> None:
-    """Drop botocore's 'Expect: 100-continue' from small PUTs: waiting for the 100 costs a round trip
-    per file, to save sending a body that is smaller than the wait is worth."""
-    if "Expect" in request.headers and int(request.headers.get("Content-Length") or SMALL + 1) <= SMALL:
-        del request.headers["Expect"]
 
 
 def _check_answer(answer: dict[str, Any], data: memoryview, digest: bytes) -> _Sent:
@@ -279,3 +263,40 @@ def _b64(digest: bytes) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def object_store(store: Store, client: Any, bucket: str) -> S3Store:
+    """Build an obstore S3 store that sends where ``client`` sends, with the store's credentials.
+
+    botocore resolves the endpoint (``AWS_ENDPOINT_URL_S3``, the store's ``endpoint_url``) and the region;
+    credentials come from :meth:`Store.s3_credentials` (botocore's chain, IRSA included) through a callback,
+    so refreshable ones refresh.
+    """
+    credentials = store.s3_credentials()
+    if credentials is None:
+        raise StoreError(f"no AWS credentials found for {store.uri} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                         "a profile, or a web identity token)")
+
+    def provide() -> Any:
+        frozen = credentials.get_frozen_credentials()
+        return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key, "token": frozen.token,
+                "expires_at": datetime.now(UTC) + _CREDENTIALS_TTL}
+
+    endpoint = str(client.meta.endpoint_url)
+    config: dict[str, Any] = {"region": client.meta.region_name or "us-east-1", "checksum_algorithm": "sha256",
+                              "unsigned_payload": True}  # the checksum header protects the body instead
+    if not (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
+        config.update(endpoint=endpoint, virtual_hosted_style_request=False)  # an S3-compatible server
+    retries = client.meta.config.retries or {}
+    attempts = int(retries.get("total_max_attempts") or retries.get("max_attempts", 2) + 1)
+    options = {"allow_http": endpoint.startswith("http://"),
+               "connect_timeout": timedelta(seconds=float(client.meta.config.connect_timeout)),
+               "timeout": timedelta(seconds=max(60.0, float(client.meta.config.read_timeout)))}
+    return S3Store(bucket, config=config, client_options=options,  # type: ignore[arg-type]
+                   retry_config={"max_retries": max(0, attempts - 1), "retry_timeout": timedelta(minutes=3)},
+                   credential_provider=provide)
+
+
+def _bad_digest(exc: BaseException) -> bool:
+    text = str(exc)
+    return "BadDigest" in text or "XAmzContentChecksumMismatch" in text or "InvalidDigest" in text

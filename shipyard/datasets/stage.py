@@ -4,28 +4,38 @@ Order matters, so that nothing a failed or concurrent staging leaves behind look
 
 1. list the source and check every name; 2. hash every file (a stat-keyed cache skips unchanged local
 files); 3. if the version's manifest exists, stop: it is already staged; 4. read and validate every file
-(format, schema across shards, not empty); 5. upload the objects the store lacks, verified; 6. write the
-manifest, create-only. A staging killed before 6 leaves only content-addressed objects, which no
-manifest names yet and which the next staging reuses.
+(format, schema across shards, not empty), writing the manifest's shards locally; 5. upload the objects
+the store lacks, verified; 6. store the shards, then write the manifest head, create-only. A staging
+killed before 6 leaves only content-addressed objects and shards, which no head names yet and which the
+next staging reuses (or ``shipyard data gc`` removes).
+
+Files stream through each step in path order with a bounded number in flight, and the list between
+steps lives in temporary files (:mod:`shipyard.datasets.worklist`), so memory stays flat whatever the
+number of files.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from shipyard.datasets.hashing import HashCache, hash_file
 from shipyard.datasets.inspect import describe, file_format
-from shipyard.datasets.manifest import FileEntry, Manifest, manifest_key, version_id
-from shipyard.datasets.source import Source, list_source
-from shipyard.datasets.transfer import Blob, StageOptions, gather, upload
-from shipyard.datasets.validate import check_entries
-from shipyard.datasets.versions import known_entries, load_manifest
+from shipyard.datasets.manifest import FileEntry, Manifest, VersionHasher, manifest_key
+from shipyard.datasets.shards import ShardWriter, store_shards
+from shipyard.datasets.source import Source, SourceFile, list_source
+from shipyard.datasets.transfer import Blob, StageOptions, in_order, upload
+from shipyard.datasets.validate import Checker
+from shipyard.datasets.versions import iter_files, latest, load_manifest
+from shipyard.datasets.worklist import WorkList
+from shipyard.errors import DatasetError
 from shipyard.storage import AlreadyExists, Store
 
 log = logging.getLogger(__name__)
@@ -71,27 +81,35 @@ class _Reporter:
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.phase, self.total, self.unit = "", 0, "bytes"
-        self._done = 0
+        self._done = 0  # counted by workers, under the lock
+        self._done_here = 0  # counted by the caller's thread alone: no lock, it runs once per file
         self._lock = threading.Lock()
 
     def start(self, phase: str, total: int, unit: str = "bytes") -> None:
         with self._lock:
-            self.phase, self.total, self.unit, self._done = phase, total, unit, 0
+            self.phase, self.total, self.unit, self._done, self._done_here = phase, total, unit, 0, 0
         self.tick()
 
     def add(self, amount: int) -> None:
         with self._lock:
             self._done += amount
 
+    def grow(self, amount: int, done: bool = False) -> None:
+        """Add to the total (caller's thread only), and to what is done if ``done``."""
+        self.total += amount
+        if done:
+            self._done_here += amount
+
     def tick(self) -> None:
         if self.progress is not None:
             with self._lock:
-                event = StageProgress(self.phase, min(self._done, self.total), self.total, self.unit)
+                event = StageProgress(self.phase, min(self._done + self._done_here, self.total), self.total,
+                                      self.unit)
             self.progress(event)
 
     def finish(self) -> None:
         with self._lock:
-            self._done = self.total
+            self._done, self._done_here = self.total, 0
         self.tick()
 
 
@@ -107,58 +125,90 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
     options = options or StageOptions()
     report = _Reporter(progress)
     src = list_source(source)
-    cache = HashCache(hash_cache) if hash_cache is not None else None
-    with ThreadPoolExecutor(options.jobs, thread_name_prefix="stage-read") as pool:
+    with tempfile.TemporaryDirectory(prefix="shipyard-stage-") as tmp, \
+            ThreadPoolExecutor(options.jobs, thread_name_prefix="stage-read") as pool, \
+            closing(WorkList(Path(tmp))) as work:
+        cache = HashCache(hash_cache) if hash_cache is not None else None
         try:
-            shas, hashed = _hash_all(src, cache, pool, report)
+            version, hashed = _hash_all(src, cache, pool, report, work, 4 * options.jobs)
         finally:
             if cache is not None:
                 cache.close()
-        bare = [FileEntry(path=f.rel, size=f.size, sha256=s, format=file_format(f.rel))
-                for f, s in zip(src.files, shas, strict=True)]
-        version = version_id(bare)
         if store.exists(*manifest_key(name, version)):
             log.info("dataset %s version %s is already staged", name, version)
             return StageResult(load_manifest(store, name, version), False, 0, 0, hashed)
-        known = known_entries(store, name, pool)
-        entries = _describe_all(src, shas, known, pool, report)
-    schemas = check_entries(entries, source)
-    blobs = list({s: Blob(sha256=s, file=f) for f, s in zip(src.files, shas, strict=True) if s not in known}.values())
-    report.start("upload", sum(b.file.size for b in blobs))
-    uploaded, sent = upload(store, src, blobs, options, report.add, report.tick)
-    report.finish()
-    manifest = Manifest(dataset=name, version=version, source=source, created_at=datetime.now(UTC),
-                        files=entries, schemas=schemas)
+        previous = latest(store, name)
+        if previous is not None:
+            work.remember(iter_files(store, previous))
+        checker = Checker(source)
+        shards = _describe_all(src, work, pool, report, checker, ShardWriter(Path(tmp)), 4 * options.jobs)
+        schemas = checker.finish()
+        report.start("upload", work.plan())
+        uploaded, sent = upload(store, src, (Blob(sha256=s, file=f) for f, s in work.missing()), options,
+                                report.add, report.tick)
+        report.finish()
+        store_shards(store, name, shards)
+    manifest = Manifest(dataset=name, version=version, source=source, created_at=datetime.now(UTC), schemas=schemas,
+                        file_count=checker.files, total_bytes=checker.total_bytes,
+                        total_rows=checker.total_rows if checker.tabular else None, shards=[s for s, _ in shards])
     return _publish(store, manifest, uploaded, sent, hashed)
 
 
-def _hash_all(src: Source, cache: HashCache | None, pool: ThreadPoolExecutor,
-              report: _Reporter) -> tuple[list[str], int]:
-    report.start("hash", sum(f.size for f in src.files))
-    futures = [pool.submit(hash_file, src, f, cache, report.add) for f in src.files]
-    results = gather(pool, futures, report.tick)
+def _hash_all(src: Source, cache: HashCache | None, pool: ThreadPoolExecutor, report: _Reporter, work: WorkList,
+              window: int) -> tuple[str, int]:
+    """Hash every file (cache hits in this thread, the rest in the pool); return the version id and the count
+    of files read."""
+    report.start("hash", 0)
+    version, hashed, count = VersionHasher(), 0, 0
+
+    def submitted() -> Iterator[tuple[SourceFile, Future[tuple[str, bool]] | tuple[str, bool]]]:
+        for file in src.files():
+            known = cache.get(file) if cache is not None else None
+            report.grow(file.size, done=known is not None)
+            if known is not None:
+                yield file, (known, True)
+            else:
+                yield file, pool.submit(hash_file, src, file, cache, report.add)
+
+    for file, (sha, cached) in in_order(submitted(), window, report.tick):
+        work.add(file, sha)
+        version.add(file.rel, file.size, sha)
+        hashed += not cached
+        count += 1
+    work.flush()
+    if not count:
+        raise DatasetError(f"dataset source {src.uri} holds no files (an empty dataset cannot be staged)")
     report.finish()
-    return [sha for sha, _ in results], sum(1 for _, cached in results if not cached)
+    return version.version(), hashed
 
 
-def _describe_all(src: Source, shas: list[str], known: dict[str, FileEntry], pool: ThreadPoolExecutor,
-                  report: _Reporter) -> list[FileEntry]:
-    """Read each file's format summary, reusing what an earlier version recorded for the same bytes."""
-    report.start("inspect", len(src.files), "files")
+def _describe_all(src: Source, work: WorkList, pool: ThreadPoolExecutor, report: _Reporter, checker: Checker,
+                  shards: ShardWriter, window: int) -> list[tuple[str, Path]]:
+    """Read each file's format summary (reusing what an earlier version recorded for the same bytes), check it
+    against the others and write it into the manifest's shards."""
+    report.start("inspect", 0, "files")
 
-    def one(index: int) -> FileEntry:
-        file, sha = src.files[index], shas[index]
-        seen = known.get(sha)
-        if seen is not None and seen.format == file_format(file.rel):
-            entry = seen.model_copy(update={"path": file.rel})
-        else:
-            entry = describe(src, file, sha)
-        report.add(1)
-        return entry
+    def submitted() -> Iterator[tuple[SourceFile, Future[FileEntry] | FileEntry]]:
+        for file, sha in work.files():
+            seen = work.known(sha)
+            reuse = seen is not None and seen.format == file_format(file.rel)
+            report.grow(1, done=reuse)
+            if seen is not None and reuse:
+                yield file, seen.model_copy(update={"path": file.rel})
+            else:
+                yield file, pool.submit(_describe, src, file, sha, report)
 
-    entries = gather(pool, [pool.submit(one, i) for i in range(len(src.files))], report.tick)
+    for _, entry in in_order(submitted(), window, report.tick):
+        checker.add(entry)
+        shards.add(entry)
     report.finish()
-    return sorted(entries, key=lambda e: e.path)
+    return shards.finish()
+
+
+def _describe(src: Source, file: SourceFile, sha: str, report: _Reporter) -> FileEntry:
+    entry = describe(src, file, sha)
+    report.add(1)
+    return entry
 
 
 def _publish(store: Store, manifest: Manifest, uploaded: int, sent: int, hashed: int) -> StageResult:

@@ -14,8 +14,9 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,7 +28,8 @@ from shipyard.storage import Store
 
 MiB = 2**20
 SMALL = 256 * 1024  # reads up to this size allocate: pooling them would throttle many-small-file datasets
-T = TypeVar("T")
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -138,44 +140,79 @@ class LocalObjects:
         return blob.file.size
 
 
-def upload(store: Store, source: Source, blobs: list[Blob], options: StageOptions,
+def upload(store: Store, source: Source, blobs: Iterable[Blob], options: StageOptions,
            on_bytes: Callable[[int], None], tick: Callable[[], None]) -> tuple[int, int]:
     """Store every blob not already there; return (objects created, bytes stored).
 
-    ``on_bytes`` is called from worker threads; ``tick`` from the calling thread while it waits.
+    At most a few uploads per job are queued at once, whatever the number of blobs. ``on_bytes`` is
+    called from worker threads; ``tick`` from the calling thread while it waits.
     """
     buffers = BufferPool(options.memory_budget // options.buffer_size, options.buffer_size)
-    if store.is_local:
-        local = LocalObjects(store, source, options, buffers, on_bytes)
-        with ThreadPoolExecutor(options.jobs, thread_name_prefix="stage") as pool:
-            sizes = gather(pool, [pool.submit(local.put, b) for b in blobs], tick)
-    else:
-        from shipyard.datasets.s3objects import S3Objects
+    created = [0, 0]  # objects created, bytes stored
+    with ThreadPoolExecutor(options.jobs, thread_name_prefix="stage") as pool, \
+            ThreadPoolExecutor(max(1, min(4, options.jobs // 4)), thread_name_prefix="stage-multipart") as large, \
+            cancel_on_failure(pool, large):
+        if store.is_local:
+            local = LocalObjects(store, source, options, buffers, on_bytes)
+            submit: Callable[[Blob], Future[int]] = lambda b: pool.submit(local.put, b)  # noqa: E731
+        else:
+            from shipyard.datasets.s3objects import S3Objects
 
-        s3 = S3Objects(store, source, options, buffers, on_bytes)
-        large_jobs = max(1, min(4, options.jobs // 4))
-        with ThreadPoolExecutor(options.jobs, thread_name_prefix="stage") as pool, \
-                ThreadPoolExecutor(large_jobs, thread_name_prefix="stage-multipart") as large:
-            futures = [large.submit(s3.put_large, b, pool) if b.file.size >= options.multipart_threshold
-                       else pool.submit(s3.put, b) for b in blobs]
-            sizes = gather(pool, futures, tick, large)
-    return sum(1 for s in sizes if s > 0), sum(sizes)
-
-
-def gather(pool: ThreadPoolExecutor, futures: list[Future[T]], tick: Callable[[], None],
-           *others: ThreadPoolExecutor) -> list[T]:
-    """Wait for ``futures`` in order, calling ``tick`` while waiting; on the first failure cancel the rest."""
-    pending = set(futures)
-    try:
+            s3 = S3Objects(store, source, options, buffers, on_bytes)
+            submit = lambda b: (large.submit(s3.put_large, b, pool)  # noqa: E731
+                                if b.file.size >= options.multipart_threshold else pool.submit(s3.put, b))
+        pending: set[Future[int]] = set()
+        for blob in blobs:
+            pending.add(submit(blob))
+            while len(pending) >= 4 * options.jobs:
+                pending = _settle(pending, tick, created)
         while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            tick()
-            for future in done:
-                future.result()  # re-raise the first failure in the caller's thread
+            pending = _settle(pending, tick, created)
+    return created[0], created[1]
+
+
+def _settle(pending: set[Future[int]], tick: Callable[[], None], created: list[int]) -> set[Future[int]]:
+    """Wait until some uploads finish; count what they stored, re-raising the first failure here."""
+    done, rest = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+    tick()
+    for future in done:
+        size = future.result()
+        created[0] += size > 0
+        created[1] += size
+    return rest
+
+
+def in_order(items: Iterable[tuple[K, Future[R] | R]], window: int, tick: Callable[[], None]) -> Iterator[tuple[K, R]]:
+    """Yield ``(key, result)`` in the order given, with at most ``window`` results outstanding."""
+    pending: deque[tuple[K, Future[R] | R]] = deque()
+    for item in items:
+        if not pending and not isinstance(item[1], Future):
+            yield item  # type: ignore[misc]  # a ready result with nothing before it: no queueing
+            continue
+        pending.append(item)
+        while len(pending) > window:
+            yield _resolve(pending.popleft(), tick)
+    while pending:
+        yield _resolve(pending.popleft(), tick)
+
+
+def _resolve(item: tuple[K, Future[R] | R], tick: Callable[[], None]) -> tuple[K, R]:
+    key, value = item
+    if not isinstance(value, Future):
+        return key, value
+    while not value.done():
+        wait([value], timeout=0.2)
+        tick()
+    return key, value.result()
+
+
+@contextmanager
+def cancel_on_failure(pool: ThreadPoolExecutor, *others: ThreadPoolExecutor) -> Iterator[None]:
+    """On a failure, drop queued work (parts first, so multipart uploads waiting on them fail and abort)."""
+    try:
+        yield
     except BaseException:
-        # Cancel queued parts first, so multipart uploads waiting on them fail fast and abort.
         pool.shutdown(wait=False, cancel_futures=True)
         for executor in (*others, pool):
             executor.shutdown(wait=True, cancel_futures=True)
         raise
-    return [f.result() for f in futures]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from shipyard.datasets.inspect import TABULAR
 from shipyard.datasets.manifest import FileEntry
 from shipyard.errors import DatasetError
@@ -17,29 +15,39 @@ def shard_group(entry: FileEntry) -> str:
     return f"{directory}*.{_EXTENSIONS[entry.format]}"
 
 
-def check_entries(entries: list[FileEntry], source: str) -> dict[str, dict[str, str]]:
-    """Fail on the first inconsistency, naming the file; return the schema of each shard group."""
-    if not entries:
-        raise DatasetError(f"dataset source {source} holds no files (an empty dataset cannot be staged)")
-    if sum(e.size for e in entries) == 0:
-        raise DatasetError(f"dataset source {source} holds only empty files")
-    groups: dict[str, list[FileEntry]] = defaultdict(list)
-    for entry in entries:
+class Checker:
+    """Check entries as they stream past, in path order, failing on the first inconsistency with its file."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.files = self.tabular = self.tabular_with_rows = self.total_bytes = self.total_rows = 0
+        self.first: dict[str, FileEntry] = {}  # the first shard of each group: the others must match it
+
+    def add(self, entry: FileEntry) -> None:
+        """Count one entry and check it against its shard group."""
+        self.files += 1
+        self.total_bytes += entry.size
+        if entry.format in TABULAR:
+            self.tabular += 1
+            self.tabular_with_rows += entry.rows != 0
+            self.total_rows += entry.rows or 0
         if entry.format in TABULAR and entry.columns is not None:
-            groups[shard_group(entry)].append(entry)
-    schemas = {}
-    for group, members in sorted(groups.items()):
-        first = members[0]
-        for other in members[1:]:
-            problem = schema_difference(first, other)
+            group = shard_group(entry)
+            first = self.first.setdefault(group, entry)
+            problem = schema_difference(first, entry) if first is not entry else None
             if problem:
-                raise DatasetError(f"{other.path}: schema differs from {first.path}: {problem} "
+                raise DatasetError(f"{entry.path}: schema differs from {first.path}: {problem} "
                                    f"(every shard in {group} must have the same columns)")
-        schemas[group] = dict(first.columns or {})
-    tabular = [e for e in entries if e.format in TABULAR]
-    if tabular and len(tabular) == len(entries) and all(e.rows == 0 for e in tabular):
-        raise DatasetError(f"dataset source {source} has no rows: every file ({len(tabular)}) is empty")
-    return schemas
+
+    def finish(self) -> dict[str, dict[str, str]]:
+        """Fail if the dataset is empty; return the schema of each shard group."""
+        if not self.files:
+            raise DatasetError(f"dataset source {self.source} holds no files (an empty dataset cannot be staged)")
+        if self.total_bytes == 0:
+            raise DatasetError(f"dataset source {self.source} holds only empty files")
+        if self.tabular and self.tabular == self.files and not self.tabular_with_rows:
+            raise DatasetError(f"dataset source {self.source} has no rows: every file ({self.tabular}) is empty")
+        return {group: dict(self.first[group].columns or {}) for group in sorted(self.first)}
 
 
 def schema_difference(expected: FileEntry, actual: FileEntry) -> str | None:

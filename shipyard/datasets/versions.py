@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Executor
 
 from pydantic import ValidationError
 
 from shipyard.datasets.manifest import FileEntry, Manifest, manifest_key
+from shipyard.datasets.shards import read_shard
 from shipyard.errors import DatasetError, StoreError
 from shipyard.storage import Store
 
@@ -64,10 +66,14 @@ def resolve_version(store: Store, name: str, ref: str) -> str:
     raise DatasetError(f"'{ref}' {problem} of dataset '{name}' (list versions with: shipyard data ls {name})")
 
 
-def known_entries(store: Store, name: str, pool: Executor) -> dict[str, FileEntry]:
-    """Map each SHA-256 in any published version of ``name`` to its entry.
+def iter_files(store: Store, manifest: Manifest) -> Iterator[FileEntry]:
+    """Yield a version's file entries in path order, streaming its shards (or its inline list)."""
+    yield from manifest.files
+    for sha256 in manifest.shards:
+        yield from read_shard(store, manifest.dataset, sha256)
 
-    A manifest is written only after all its objects are stored and verified, and objects are never
-    removed, so these objects need no existence check and their format summary can be reused.
-    """
-    return {entry.sha256: entry for manifest in list_versions(store, name, pool) for entry in manifest.files}
+
+def latest(store: Store, name: str) -> Manifest | None:
+    """Return the newest version of ``name``, or None if it has none."""
+    versions = list_versions(store, name)
+    return versions[-1] if versions else None

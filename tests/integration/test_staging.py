@@ -98,7 +98,7 @@ def test_same_size_edit_is_a_new_version_that_uploads_only_that_file(s3: S3, tmp
 
     assert second.version != first.version and second.created
     assert (second.files_uploaded, second.bytes_uploaded, second.files_hashed) == (1, stat.st_size, 1)
-    change = datasets.diff(first.manifest, second.manifest)
+    change = datasets.diff(store(), first.manifest, second.manifest)
     assert [new.path for _, new in change.changed] == ["README.txt"] and not change.added and not change.removed
     old = datasets.pull(store(), "digits", first.version, tmp_path / "cache")
     assert (old / "README.txt").read_text() == "digits, three classes\n"
@@ -156,6 +156,7 @@ def test_injected_s3_errors_are_retried_and_staged_bytes_are_identical(s3: S3, t
         proxy.inject("500", "PUT", "/store/objects/", times=2)
         proxy.inject("503-slowdown", "PUT", "/store/objects/", times=2)
         proxy.inject("reset", "PUT", "partNumber=2")
+        proxy.inject("reset", "PUT", "/store/objects/")  # a create-only PUT obstore will not resend: staging does
         proxy.inject("503-slowdown", "HEAD", "/store/objects/")
         proxy.inject("reset", "PUT", "/store/datasets/")
         proxy.inject("500", "PUT", "/store/datasets/")
@@ -164,7 +165,7 @@ def test_injected_s3_errors_are_retried_and_staged_bytes_are_identical(s3: S3, t
         events = list(proxy.events)
 
     assert all(rule.times == 0 for rule in proxy.rules)  # every fault was injected
-    assert len(faults) == 8
+    assert len(faults) == 9
     for fault in faults:  # ... and that very request was sent again (by botocore or s3fs) and answered
         later = events[events.index(fault) + 1 :]
         assert any(e.method == fault.method and e.path == fault.path and e.outcome.isdigit() for e in later), fault
@@ -233,3 +234,27 @@ def test_bad_sources_fail_naming_the_file_and_publish_nothing(s3: S3, tmp_path: 
         datasets.stage(store(), "digits", source, options=OPTIONS)
 
     assert s3.keys("store/") == []
+
+
+def test_gc_aborts_a_killed_stagings_multipart_upload_and_deletes_its_unreferenced_objects(
+        s3: S3, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shipyard.cli import main
+
+    source = make_source(tmp_path / "src")
+    kept = datasets.stage(store(), "digits", str(source), options=OPTIONS)
+    orphan = "store/objects/ab/" + "ab" * 32  # as a staging killed before its manifest leaves it
+    s3.client.put_object(Bucket=s3.bucket, Key=orphan, Body=b"half a dataset")
+    upload = s3.client.create_multipart_upload(Bucket=s3.bucket, Key="store/objects/cd/" + "cd" * 32)["UploadId"]
+    s3.client.upload_part(Bucket=s3.bucket, Key="store/objects/cd/" + "cd" * 32, UploadId=upload, PartNumber=1,
+                          Body=b"x" * 100)
+    before = set(s3.keys("store/"))
+
+    assert main(["data", "gc", "--older-than", "0s"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in listed[:-1]) == ["object", "upload"]
+    assert set(s3.keys("store/")) == before
+
+    assert main(["data", "gc", "--older-than", "0s", "--abort"]) == 0
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
+    assert set(s3.keys("store/")) == before - {orphan}
+    assert same_files(datasets.pull(store(), "digits", kept.version, tmp_path / "cache"), source)

@@ -46,7 +46,7 @@ def make_source(root: Path) -> Path:
 def test_manifest_records_formats_rows_and_schemas(store: Store, tmp_path: Path) -> None:
     result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
 
-    by_path = {f.path: f for f in result.manifest.files}
+    by_path = {f.path: f for f in datasets.iter_files(store, result.manifest)}
     assert sorted(by_path) == ["arrays.npz", "images/cat/0.png", "labels.csv", "train/part-0.parquet",
                                "train/part-1.parquet"]
     assert {p: (f.format, f.rows) for p, f in by_path.items()} == {
@@ -89,7 +89,10 @@ def test_same_size_edit_with_restored_mtime_is_seen_through_the_hash_cache(store
 def test_a_file_changed_just_before_hashing_is_not_trusted_from_the_cache(store: Store, tmp_path: Path) -> None:
     source = make_source(tmp_path / "src")
     cache = tmp_path / "hashes.sqlite"
-    datasets.stage(store, "mixed", str(source), hash_cache=cache)  # files are seconds-fresh: racily clean
+    soon = time.time_ns() + 60 * 10**9  # stamped as changed within the racy window of any hashing in the next minute
+    for path in source.rglob("*"):
+        os.utime(path, ns=(soon, soon))
+    datasets.stage(store, "mixed", str(source), hash_cache=cache)
 
     again = datasets.stage(store, "mixed", str(source), hash_cache=cache)
 
@@ -160,7 +163,7 @@ def test_pull_materialises_exactly_the_version_and_detects_a_damaged_object(stor
     pulled = datasets.pull(store, "mixed", result.version, tmp_path / "cache")
     assert (pulled / "labels.csv").read_text() == (source / "labels.csv").read_text()
 
-    entry = next(f for f in result.manifest.files if f.path == "labels.csv")
+    entry = next(f for f in datasets.iter_files(store, result.manifest) if f.path == "labels.csv")
     Path(store.path(*object_key(entry.sha256))).write_text("id,name\n0,zero\n1,one\n2,tw0\n")
     with pytest.raises(DatasetError, match=r"labels\.csv: object .* does not match its SHA-256"):
         datasets.pull(store, "mixed", result.version, tmp_path / "other-cache")
@@ -169,8 +172,9 @@ def test_pull_materialises_exactly_the_version_and_detects_a_damaged_object(stor
 
 def test_pull_refuses_a_manifest_that_would_write_outside_the_target(store: Store, tmp_path: Path) -> None:
     result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
-    forged = result.manifest.model_copy(update={"version": "f00d", "files": [
-        result.manifest.files[0].model_copy(update={"path": "../../outside"})]})
+    first = next(datasets.iter_files(store, result.manifest))
+    forged = result.manifest.model_copy(update={"version": "f00d", "shards": [], "files": [
+        first.model_copy(update={"path": "../../outside"})]})
     store.write_bytes(forged.to_json(), *manifest_key("mixed", "f00d"))
 
     with pytest.raises(DatasetError, match="would escape"):
@@ -188,7 +192,7 @@ def test_diff_names_added_removed_changed_files_and_schema_changes(store: Store,
             source / "train" / f"part-{i}.parquet", index=False)
     new = datasets.stage(store, "mixed", str(source)).manifest
 
-    change = datasets.diff(old, new)
+    change = datasets.diff(store, old, new)
 
     assert [e.path for e in change.added] == ["extra.txt"] and [e.path for e in change.removed] == ["arrays.npz"]
     assert [n.path for _, n in change.changed] == ["train/part-0.parquet", "train/part-1.parquet"]
@@ -260,53 +264,96 @@ def test_cli_errors_are_one_line_naming_the_problem(tmp_path: Path, monkeypatch:
     assert "dataset name 'Bad Name' is invalid" in lines[2]
 
 
-def _client(**kwargs: object) -> object:
-    import boto3
+def test_object_store_sends_where_botocore_would_with_the_chains_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipyard.datasets.s3objects import object_store
 
-    return boto3.session.Session().client("s3", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-                                          **kwargs)  # type: ignore[call-overload]
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-chain")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    local = filesystem(Settings(store_uri="s3://bkt/prefix"))
+    ours = object_store(local, local.s3_client(), "bkt")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    aws = filesystem(Settings(store_uri="s3://bkt/prefix"), client_kwargs={"region_name": "eu-west-1"})
+    theirs = object_store(aws, aws.s3_client(), "bkt")
+
+    assert ours.config["endpoint"] == "http://127.0.0.1:9001" and ours.config["checksum_algorithm"] == "sha256"
+    assert ours.credential_provider is not None
+    assert ours.credential_provider()["access_key_id"] == "from-the-chain"  # type: ignore[union-attr,index]
+    assert "endpoint" not in theirs.config and theirs.config["region"] == "eu-west-1"
 
 
-def test_lean_put_signs_exactly_as_botocore_does() -> None:
+def test_manifest_streams_through_shards_and_keeps_the_inline_version_id(store: Store, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
+    from shipyard.datasets import shards
 
-    from shipyard.datasets.s3put import _authorization
+    monkeypatch.setattr(shards, "SHARD_FILES", 2)
+    result = datasets.stage(store, "mixed", str(make_source(tmp_path / "src")))
 
-    body = b"ten bytes!"
-    sha = hashlib.sha256(body).hexdigest()
-    request = AWSRequest("PUT", "http://127.0.0.1:9000/bucket/store/objects/ab/ab%20cd~", data=body,
-                         headers={"x-amz-checksum-sha256": "c2hh", "If-None-Match": "*"})
-    creds = Credentials("AKIDEXAMPLE", "secret", "token")
-    S3SigV4Auth(creds, "s3", "eu-west-1").add_auth(request)
-    signed = {"host": "127.0.0.1:9000", "x-amz-checksum-sha256": "c2hh", "if-none-match": "*",
-              "x-amz-content-sha256": sha, "x-amz-date": request.headers["X-Amz-Date"], "x-amz-security-token": "token"}
-
-    ours = _authorization(creds.get_frozen_credentials(), "eu-west-1", "/bucket/store/objects/ab/ab%20cd~", signed)
-
-    assert request.headers["X-Amz-Content-SHA256"] == sha
-    assert ours == request.headers["Authorization"]
+    files = list(datasets.iter_files(store, result.manifest))
+    assert [f.path for f in files] == sorted(f.path for f in files) and len(files) == 5
+    assert len(result.manifest.shards) == 3 and result.manifest.file_count == 5
+    head = json.loads(Path(store.path(*manifest_key("mixed", result.version))).read_text())
+    assert "files" not in head and head["shards"] == result.manifest.shards
+    canon = json.dumps(sorted((f.path, f.size, f.sha256) for f in files), separators=(",", ":"))
+    assert result.version == hashlib.sha256(canon.encode()).hexdigest()[:16]  # the id inline manifests had
 
 
-def test_lean_put_addresses_the_bucket_as_botocore_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    from botocore.config import Config
+def test_inline_manifests_written_before_shards_still_list_show_diff_and_pull(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_source(tmp_path / "src")
+    new = datasets.stage(store, "mixed", str(source))
+    files = [f.model_dump() for f in datasets.iter_files(store, new.manifest)]
+    old = {"dataset": "mixed", "version": "0ld0ld0ld0ld0ld0", "source": "somewhere", "files": files[1:],
+           "created_at": "2020-01-01T00:00:00Z", "schemas": {}, "total_bytes": 1, "total_rows": None}
+    store.write_bytes(json.dumps(old).encode(), *manifest_key("mixed", old["version"]))
+    monkeypatch.setenv("SHIPYARD_STORE_URI", store.root)
 
-    from shipyard.datasets.s3put import SmallPuts
+    assert main(["data", "ls", "mixed"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [old["version"], new.version]
+    assert main(["data", "show", "mixed", "0ld"]) == 0 and "4 files" in capsys.readouterr().out
+    assert main(["data", "diff", "mixed", "0ld", new.version]) == 0
+    assert f"+ {files[0]['path']}" in capsys.readouterr().out
+    pulled = datasets.pull(store, "mixed", str(old["version"]), tmp_path / "cache")
+    assert sorted(str(p.relative_to(pulled)) for p in pulled.rglob("*") if p.is_file()) == \
+        sorted(f["path"] for f in files[1:])
 
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    aws = SmallPuts.for_client(_client(region_name="us-west-2"), "my-bucket")
-    local = SmallPuts.for_client(_client(region_name="us-east-1", endpoint_url="http://127.0.0.1:9000"), "bkt")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")
-    from_env = SmallPuts.for_client(_client(region_name="us-east-1"), "bkt")
-    proxied = SmallPuts.for_client(_client(region_name="us-east-1", config=Config(proxies={"http": "http://p:1"})),
-                                   "bkt")
 
-    assert aws is not None and (aws._target.scheme, aws._target.host_header, aws._target.base_path) == (
-        "https", "my-bucket.s3.us-west-2.amazonaws.com", "/")
-    assert local is not None and (local._target.host_header, local._target.base_path) == ("127.0.0.1:9000", "/bkt/")
-    assert from_env is not None and from_env._target.port == 9001
-    assert proxied is None  # proxies are botocore's business: that client keeps the botocore path
+def test_gc_lists_then_removes_only_old_unreferenced_objects_shards_and_partial_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SHIPYARD_STORE_URI", str(tmp_path / "store"))
+    store = filesystem(Settings(store_uri=str(tmp_path / "store")))
+    version = datasets.stage(store, "mixed", str(make_source(tmp_path / "src"))).version
+    kept = sorted(str(p) for p in Path(store.root).rglob("*") if p.is_file())
+    old = time.time() - 2 * 86400
+    litter = [Path(store.path(*object_key("ab" * 32))),
+              Path(store.path("datasets", "mixed", "shards", "f" * 64 + ".jsonl")),
+              Path(store.path("objects", "cd", "cd" * 32 + ".tmp-1234"))]
+    for path in litter:
+        _write(path, "left by a killed staging")
+        os.utime(path, (old, old))
+    fresh = Path(store.path(*object_key("ef" * 32)))  # could belong to a staging running now
+    _write(fresh, "just uploaded")
+    for path in Path(store.root).rglob("*"):
+        if str(path) in kept:
+            os.utime(path, (old, old))  # old too, but referenced
+
+    assert main(["data", "gc"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[-1] for line in listed[:-1]) == sorted(str(p) for p in litter)
+    assert listed[-1].startswith("3 stale uploads, objects and shards older than 24h found")
+    assert all(p.exists() for p in litter)  # listing removes nothing
+
+    assert main(["data", "gc", "--older-than", "1h", "--abort"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("3 stale uploads, objects and shards older than 1h removed")
+    assert not any(p.exists() for p in litter) and fresh.exists()
+    assert all(Path(p).exists() for p in kept)
+    assert (datasets.pull(store, "mixed", version, tmp_path / "cache") / "labels.csv").exists()
+
+    assert main(["data", "gc", "--older-than", "yesterday"]) == 1
+    assert capsys.readouterr().err.strip() == ("shipyard: error: --older-than 'yesterday' is not an age: use a number "
+                                               "with s, m, h or d (e.g. 24h)")
