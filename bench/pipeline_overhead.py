@@ -27,7 +27,8 @@ def plain_script(home: Path, training: TrainParams) -> str:
     """The four steps as a plain Python script: no Prefect anywhere."""
     from shipyard import datasets, registry
     from shipyard.datasets.demo import write_demo_source
-    from shipyard.serving import local
+    from shipyard.rollout.base import ModelRef
+    from shipyard.rollout.local import LocalTarget
     from shipyard.settings import Settings
     from shipyard.storage import filesystem
     from shipyard.training import load_model, load_recipe, train
@@ -44,19 +45,20 @@ def plain_script(home: Path, training: TrainParams) -> str:
     served = recipe.serving_model(load_model(store, result))
     _, _, version = registry.log_and_register(client, settings, store, result, served, example, "digits-classifier")
     registry.promote_if_better(client, "digits-classifier", version, "val_accuracy", 0.0)
-    rollout = local.roll_out(settings, "digits-classifier", version, settings.resolved_mlflow_uri(), example.tolist())
-    local.stop(settings)
-    return rollout.model_version
+    target = LocalTarget(settings)
+    rollout = target.roll_out(ModelRef(model_name="digits-classifier", version=version), example.tolist())
+    target.stop()
+    return rollout.model.version
 
 
 def prefect_pipeline(home: Path, training: TrainParams) -> str:
     """The demo pipeline flow (stage -> train -> register -> roll out) under Prefect."""
     from flows.pipeline import pipeline_flow
-    from shipyard.serving import local
+    from shipyard.rollout.local import stop
     from shipyard.settings import load_settings
 
     result = pipeline_flow(DatasetParams(), training, RegisterParams(), RolloutParams())
-    local.stop(load_settings())
+    stop(load_settings())
     return result.served_version
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.transactions import transaction
 
 from flows.train import run_training
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.pipeline import PipelineResult
+from shipyard.rollout.base import ModelRef
 from tasks.register import register_model
-from tasks.rollout import roll_out
+from tasks.rollout import hold_champion, roll_out
 from tasks.stage import stage_dataset
 
 
@@ -25,10 +27,14 @@ def pipeline_flow(
     1. Stage: copy the source to the store as an immutable, content-addressed dataset version.
     2. Train: train the model on exactly that version, checkpointing to the store.
     3. Register: log the run to MLflow with lineage, register a version, promote it to `champion` if it wins.
-    4. Roll out: serve the champion, smoke-test one prediction, roll back on failure.
+    4. Roll out: load the champion beside the live version, check its answers against MLflow's, switch;
+       on failure the old version keeps serving and `champion` goes back to it (one transaction).
     """
     manifest = stage_dataset(dataset)
     trained = run_training(dataset.name, manifest.version, training)
-    registration = register_model(trained, registry)
-    served = roll_out(registration, rollout)
+    with transaction():
+        hold_champion(registry.model_name)
+        registration = register_model(trained, registry)
+        champion = ModelRef(model_name=registration.model_name, version=registration.champion_version)
+        served = roll_out(champion, registration.input_example, rollout)
     return PipelineResult.build(manifest, trained, registration, served, str(flow_run.get_id()))

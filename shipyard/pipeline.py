@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from shipyard.datasets import Manifest
 from shipyard.registry import Registration
-from shipyard.serving.local import Rollout
+from shipyard.rollout.base import RolloutResult
 from shipyard.training import TrainResult
 
 
@@ -31,7 +31,7 @@ class PipelineResult(BaseModel):
     example: list[list[float]]
 
     @classmethod
-    def build(cls, manifest: Manifest, trained: TrainResult, registration: Registration, rollout: Rollout,
+    def build(cls, manifest: Manifest, trained: TrainResult, registration: Registration, rollout: RolloutResult,
               flow_run_id: str) -> PipelineResult:
         """Gather the identifiers from each stage's output."""
         return cls(
@@ -39,7 +39,7 @@ class PipelineResult(BaseModel):
             metrics=trained.metrics, model_name=registration.model_name, model_version=registration.version,
             champion_version=registration.champion_version, promoted=registration.promoted,
             mlflow_run_id=registration.run_id, mlflow_experiment_id=registration.experiment_id,
-            endpoint=rollout.url, served_version=rollout.model_version, flow_run_id=flow_run_id,
+            endpoint=rollout.endpoint, served_version=rollout.model.version, flow_run_id=flow_run_id,
             example=registration.input_example[:1],
         )
 
