@@ -43,38 +43,52 @@ class FailsToLoad(PythonModel):  # type: ignore[misc]
     def load_context(self, context: Any) -> None:
         raise RuntimeError("weights file is truncated")
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them
         return np.zeros((len(model_input), 10))
 
 
 class RaisesOnPredict(PythonModel):  # type: ignore[misc]
     """Loads, then raises on every prediction."""
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them
         raise ValueError("matmul: shapes do not align")
 
 
 class WrongShape(PythonModel):  # type: ignore[misc]
     """Answers 3 columns where the digits model answers 10."""
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them
         return np.full((len(model_input), 3), 1 / 3)
 
 
 class Slow(PythonModel):  # type: ignore[misc]
     """Answers right, but slower than the server's prediction timeout."""
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them
         time.sleep(30)
         return np.full((len(model_input), 10), 0.1)
 
 
-BROKEN = {"fails-to-load": FailsToLoad, "raises-on-predict": RaisesOnPredict, "wrong-shape": WrongShape,
+class SlowOnBigInputs(PythonModel):  # type: ignore[misc]
+    """Answers small inputs (its warm-up) at once and more than 8 rows after 30 s."""
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow reads them
+        if len(model_input) > 8:
+            time.sleep(30)
+        return np.full((len(model_input), 10), 0.1)
+
+
+BROKEN = {"slow-on-big-inputs": SlowOnBigInputs,
+          "fails-to-load": FailsToLoad, "raises-on-predict": RaisesOnPredict, "wrong-shape": WrongShape,
           "slow": Slow}
 
 
+# MLflow predicts on an input example while logging; only these can afford it.
+WITH_EXAMPLE = ("slow-on-big-inputs", "raises-on-predict")
+
+
 def register_broken(tracking_uri: str, name: str, kind: str) -> str:
-    """Log and register one broken pyfunc model (explicit signature: logging never calls predict)."""
+    """Log and register one broken pyfunc model (explicit signature; an input example where logging allows)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -83,5 +97,6 @@ def register_broken(tracking_uri: str, name: str, kind: str) -> str:
     signature = infer_signature(EXAMPLE, np.zeros((2, 10), dtype=np.float32))
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=BROKEN[kind](), signature=signature,
-                                       pip_requirements=PIP_REQUIREMENTS)
+                                       pip_requirements=PIP_REQUIREMENTS,
+                                       input_example=EXAMPLE if kind in WITH_EXAMPLE else None)
     return str(mlflow.register_model(info.model_uri, name).version)

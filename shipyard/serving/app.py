@@ -227,7 +227,7 @@ async def invocations(server: Server, request: Request) -> Response:
     info = slot.served.info
     server.metrics.observe(info["model_name"] or "", info["model_version"] or "", status,
                            time.perf_counter() - started, rows)
-    return Response(payload, status, media_type=JSON)
+    return Response(payload, status, headers={"x-model-version": info["model_version"] or ""}, media_type=JSON)
 
 
 async def ping(server: Server, request: Request) -> Response:
