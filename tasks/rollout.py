@@ -17,7 +17,7 @@ from prefect.transactions import Transaction, get_transaction
 from shipyard import registry, rollout
 from shipyard.params import RolloutParams
 from shipyard.rollout.base import ModelRef, RolloutResult
-from shipyard.rollout.champion import champion_version, input_example, restore_champion, set_champion
+from shipyard.rollout.champion import champion_version, restore_champion, set_champion
 from shipyard.settings import load_settings
 
 
@@ -49,8 +49,6 @@ def roll_out(model: ModelRef, example: list[list[float]] | None, params: Rollout
     logger = get_run_logger()
     settings = load_settings()
     registry.client(settings)  # points MLflow at the registry for the smoke test's reference predictions
-    if params.smoke_test and example is None:
-        example = input_example(model, settings.resolved_mlflow_uri())
     result = rollout.target(settings).roll_out(model, example if params.smoke_test else None)
     verb = "already serving" if result.reused else "now serving"
     logger.info("%s %s version %s at %s (%s)", verb, model.model_name, model.version, result.endpoint, result.target)

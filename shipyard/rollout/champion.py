@@ -54,20 +54,3 @@ def restore_champion(client: Any, model_name: str, version: str | None) -> None:
     except MlflowException as exc:
         raise RegistryError(f"cannot restore the {CHAMPION} alias of {model_name}: {exc.message}") from exc
     log.warning("%s of %s restored to version %s", CHAMPION, model_name, version or "none")
-
-
-def input_example(model: ModelRef, registry_uri: str) -> list[list[float]] | None:
-    """Return the input example logged with ``model``, as rows, or None if it has none."""
-    import mlflow
-    import numpy as np
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_registry_uri(registry_uri)
-    try:
-        example = mlflow.pyfunc.load_model(model.uri).input_example
-    except (MlflowException, OSError) as exc:
-        raise RegistryError(f"cannot load {model.uri}: {exc}") from exc
-    if example is None:
-        return None
-    rows: list[list[float]] = np.asarray(example, dtype=np.float32).tolist()
-    return rows

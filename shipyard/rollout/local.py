@@ -80,7 +80,10 @@ class LocalTarget:
         return Live(target=self.name, model=model, endpoint=str(service.url), detail=detail)
 
     def roll_out(self, model: ModelRef, example: list[list[float]] | None) -> RolloutResult:
-        """Serve ``model``: load and warm it beside the live version, check its answers, then switch."""
+        """Serve ``model``: load and warm it beside the live version, check its answers, then switch.
+
+        The check runs on ``example``, or on the model's own input example when it is None.
+        """
         before = self.live()
         previous = before.model if before else None
         if before is not None and before.model == model:
@@ -90,11 +93,11 @@ class LocalTarget:
                                  reused=True, predictions=answers)
         service, started = self._server()
         try:
-            predictions = self._stage(model, example)
-            if example:
-                live_answers = self._predict("/invocations", example) if before else None
-                expected = reference_predictions(model.uri, example, self.settings.resolved_mlflow_uri())
-                check_answers(model.uri, example, predictions, expected, live_answers)
+            # Without an example the server warms on the model's own input example and says which rows.
+            example, predictions = self._stage(model, example)
+            live_answers = self._predict("/invocations", example) if before else None
+            expected = reference_predictions(model.uri, example, self.settings.resolved_mlflow_uri())
+            check_answers(model.uri, example, predictions, expected, live_answers)
         except ServingError as exc:
             self._admin("DELETE", "/admin/candidate", check=False)
             if started:
@@ -107,7 +110,7 @@ class LocalTarget:
         log.info("%s version %s now serves at %s (was %s)", model.model_name, model.version, service.url,
                  previous.version if previous else "nothing")
         return RolloutResult(target=self.name, model=model, previous=previous, endpoint=self.url, reused=False,
-                             predictions=predictions if example else None)
+                             predictions=predictions)
 
     def stop(self) -> Service | None:
         """Stop the server, if one runs; return what was stopped."""
@@ -131,11 +134,11 @@ class LocalTarget:
                                   env=env, timeout=120, error=ServingError)
         return service, True
 
-    def _stage(self, model: ModelRef, example: list[list[float]] | None) -> list[Any]:
+    def _stage(self, model: ModelRef, example: list[list[float]] | None) -> tuple[list[list[float]], list[Any]]:
+        """Load and warm ``model`` as the candidate; return the rows it warmed on and its answers."""
         answer = self._admin("POST", "/admin/candidate", {"model_uri": model.uri, "model_name": model.model_name,
                                                           "model_version": model.version, "example": example})
-        predictions: list[Any] = answer["predictions"]
-        return predictions
+        return answer["example"], answer["predictions"]
 
     def _admin(self, method: str, path: str, body: dict[str, Any] | None = None, check: bool = True) -> Any:
         headers = {"Authorization": f"Bearer {serving_token(self.settings)}"}

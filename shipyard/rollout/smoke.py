@@ -17,8 +17,10 @@ def reference_predictions(model_uri: str, example: list[list[float]], registry_u
     mlflow.set_registry_uri(registry_uri)
     try:
         predicted = mlflow.pyfunc.load_model(model_uri).predict(np.asarray(example, dtype=np.float32))
-    except (MlflowException, OSError) as exc:
-        raise ServingError(f"cannot load {model_uri} to check its answers: {exc}") from exc
+    except MlflowException as exc:
+        raise ServingError(f"mlflow.pyfunc cannot predict with {model_uri}: {exc.message}") from exc
+    except Exception as exc:
+        raise ServingError(f"mlflow.pyfunc cannot predict with {model_uri}: {type(exc).__name__}: {exc}") from exc
     return np.asarray(predicted)
 
 

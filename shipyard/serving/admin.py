@@ -86,7 +86,7 @@ async def _stage(server: Server, request: Request) -> tuple[int, Any]:
         return 422, {"error_code": "WARM_UP_FAILED", "message": f"{uri}: {exc}"}
     server.candidate = slot
     log.info("candidate %s loaded and warmed (%s path)", uri, served.info["path"])
-    return 200, {"candidate": served.info, "predictions": predictions}
+    return 200, {"candidate": served.info, "example": example, "predictions": predictions}
 
 
 async def _candidate_predict(server: Server, request: Request) -> tuple[int, Any]:
