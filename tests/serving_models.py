@@ -83,20 +83,21 @@ BROKEN = {"slow-on-big-inputs": SlowOnBigInputs,
           "slow": Slow}
 
 
-# MLflow predicts on an input example while logging; only these can afford it.
-WITH_EXAMPLE = ("slow-on-big-inputs", "raises-on-predict")
-
-
 def register_broken(tracking_uri: str, name: str, kind: str) -> str:
-    """Log and register one broken pyfunc model (explicit signature; an input example where logging allows)."""
+    """Register one broken pyfunc model with a signature and an input example.
+
+    Saved first and logged as plain artifacts: ``log_model`` would predict on the example (and fail or sleep).
+    """
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     signature = infer_signature(EXAMPLE, np.zeros((2, 10), dtype=np.float32))
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=BROKEN[kind](), signature=signature,
-                                       pip_requirements=PIP_REQUIREMENTS,
-                                       input_example=EXAMPLE if kind in WITH_EXAMPLE else None)
-    return str(mlflow.register_model(info.model_uri, name).version)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        mlflow.pyfunc.save_model(f"{tmp}/model", python_model=BROKEN[kind](), signature=signature,
+                                 input_example=EXAMPLE, pip_requirements=PIP_REQUIREMENTS)
+        mlflow.log_artifacts(f"{tmp}/model", "model")
+    return str(mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version)
