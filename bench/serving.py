@@ -36,7 +36,7 @@ BIN = Path(sys.executable).parent
 TARGETS = {1: 1.5, 16: 3.0}  # requests/s ratio Shipyard/MLflow at each concurrency
 LUA = """
 wrk.method = "POST"
-wrk.body = [[BODY]]
+wrk.body = [==[BODY]==]
 wrk.headers["Content-Type"] = "application/json"
 done = function(summary, latency, requests)
   local e = summary.errors

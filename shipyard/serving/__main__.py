@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
                      max_bytes=settings.serving_max_request_bytes, timeout=settings.serving_timeout_seconds,
                      token=settings.serving_token)
     # No per-request access log: at thousands of requests a second it costs more than the prediction.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False, lifespan="on")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from shipyard.serving.batching import Batcher
 from shipyard.serving.metrics import Metrics
@@ -54,6 +55,11 @@ class Slot:
 
     served: Served
     batcher: Batcher | None
+
+    @property
+    def version_header(self) -> bytes:
+        """Return the model version as the ``x-model-version`` header value."""
+        return self.served.version.encode("latin-1")
 
 
 @dataclass
@@ -157,13 +163,24 @@ async def warm(server: Server, slot: Slot, example: Any) -> list[Any]:
     body = orjson.dumps({"inputs": example}, option=orjson.OPT_SERIALIZE_NUMPY)
     status, payload, _ = await server.predict(slot, body, JSON)
     if status != 200:
-        raise ValueError(f"warm-up prediction answered HTTP {status}: {payload[:300].decode(errors='replace')}")
+        raise ValueError(f"warm-up prediction answered HTTP {status}: {_reason(payload)}")
     predictions: list[Any] = orjson.loads(payload)["predictions"]
     return predictions
 
 
+def _reason(payload: bytes) -> str:
+    """Return an error answer's message, with the exception line of MLflow's stack trace when it has one."""
+    try:
+        doc = orjson.loads(payload)
+        message, trace = str(doc.get("message", "")), str(doc.get("stack_trace") or "").strip()
+    except (orjson.JSONDecodeError, AttributeError):
+        return payload[:300].decode(errors="replace")
+    last = trace.splitlines()[-1] if trace else ""
+    return f"{message[:300]} ({last[:300]})" if last else message[:300]
+
+
 def create_app(model_uri: str | None = None, model_name: str = "", model_version: str = "", *,
-               max_bytes: int = 10 * 1024 * 1024, timeout: float = 10.0, token: str | None = None) -> Starlette:
+               max_bytes: int = 10 * 1024 * 1024, timeout: float = 10.0, token: str | None = None) -> App:
     """Return the app; with ``model_uri`` it loads and warms that version at startup."""
     from shipyard.serving.admin import admin_routes
 
@@ -187,7 +204,6 @@ def create_app(model_uri: str | None = None, model_name: str = "", model_version
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [
-        Route("/invocations", partial(invocations, server), methods=["POST"]),
         Route("/ping", partial(ping, server), methods=["GET"]),
         Route("/health", partial(health, server), methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
@@ -195,9 +211,7 @@ def create_app(model_uri: str | None = None, model_name: str = "", model_version
         Route("/metrics", metrics, methods=["GET"]),
         *admin_routes(server),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.server = server
-    return app
+    return App(server, Starlette(routes=routes, lifespan=lifespan))
 
 
 async def _load_initial(server: Server, model_uri: str, model_name: str, model_version: str) -> None:
@@ -212,22 +226,60 @@ async def _load_initial(server: Server, model_uri: str, model_name: str, model_v
     log.info("serving %s", model_uri)
 
 
-async def invocations(server: Server, request: Request) -> Response:
-    """Score one request with the live version."""
-    started = time.perf_counter()
-    slot = server.live
-    if slot is None:
-        return Response(_error("TEMPORARILY_UNAVAILABLE", "no model is loaded yet"), 503, media_type=JSON)
-    try:
-        body = await read_body(request, server.max_bytes)
-    except RequestTooLarge:
-        status, payload, rows = 413, _error("REQUEST_TOO_LARGE", f"the body is over {server.max_bytes} bytes"), 0
-    else:
-        status, payload, rows = await server.predict(slot, body, request.headers.get("content-type", JSON))
-    info = slot.served.info
-    server.metrics.observe(info["model_name"] or "", info["model_version"] or "", status,
-                           time.perf_counter() - started, rows)
-    return Response(payload, status, headers={"x-model-version": info["model_version"] or ""}, media_type=JSON)
+class App:
+    """The ASGI app: ``POST /invocations`` handled directly (no routing or request objects), the rest by Starlette."""
+
+    def __init__(self, server: Server, routes: Starlette) -> None:
+        self.server = server
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/invocations" and scope["method"] == "POST":
+            await self.invocations(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+    async def invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Score one request with the live version."""
+        started = time.perf_counter()
+        server, slot = self.server, self.server.live
+        headers = dict(scope["headers"])
+        rows, version = 0, b""
+        if slot is None:
+            status, payload = 503, _error("TEMPORARILY_UNAVAILABLE", "no model is loaded yet")
+        else:
+            version = slot.version_header
+            try:
+                body = await _receive_body(receive, server.max_bytes, headers.get(b"content-length"))
+            except RequestTooLarge:
+                status, payload = 413, _error("REQUEST_TOO_LARGE", f"the body is over {server.max_bytes} bytes")
+            else:
+                content_type = headers.get(b"content-type", b"application/json").decode("latin-1")
+                status, payload, rows = await server.predict(slot, body, content_type)
+            server.metrics.observe(slot.served.info["model_name"] or "", slot.served.version, status,
+                                   time.perf_counter() - started, rows)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload)),
+                                (b"x-model-version", version)]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def _receive_body(receive: Receive, max_bytes: int, declared: bytes | None) -> bytes:
+    """Read a request body of at most ``max_bytes`` (checked on Content-Length first, then while reading)."""
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLarge
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def ping(server: Server, request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -15,6 +16,7 @@ class Metrics:
     """Requests, errors (by status code), latency and batch sizes, per model name and version."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _children: dict[tuple[str, str], tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         labels = ["model_name", "model_version"]
@@ -27,10 +29,16 @@ class Metrics:
 
     def observe(self, model_name: str, model_version: str, status: int, seconds: float, rows: int) -> None:
         """Count one answered request."""
-        self.requests.labels(model_name, model_version).inc()
-        self.latency.labels(model_name, model_version).observe(seconds)
+        key = (model_name, model_version)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the counting: once per version
+            children = self._children[key] = (self.requests.labels(*key), self.latency.labels(*key),
+                                              self.rows.labels(*key))
+        requests, latency, predicted = children
+        requests.inc()
+        latency.observe(seconds)
         if rows:
-            self.rows.labels(model_name, model_version).inc(rows)
+            predicted.inc(rows)
         if status >= 400:
             self.errors.labels(model_name, model_version, str(status)).inc()
 
