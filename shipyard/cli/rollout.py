@@ -44,7 +44,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     _row("live", f"{live.model.model_name} version {live.model.version}")
     _row("endpoint", f"{live.endpoint}/invocations")
-    _row("previous", live.detail.get("previous_version") or "none")
+    previous = live.detail.get("previous_version")
+    _row("previous", f"version {previous}" if previous else "none")
     champion = _champion(settings, live.model.model_name)
     agrees = "" if champion == live.model.version else "  (differs from live: run 'shipyard rollout to')"
     _row("champion", f"version {champion or 'none'}{agrees}")
@@ -103,4 +104,4 @@ def _run(settings: Settings, model_name: str, version: str) -> int:
 
 
 def _row(label: str, value: str) -> None:
-    print(f"{label + ':':16}{value}")
+    print(f"{label + ':':18}{value}")

@@ -96,6 +96,6 @@ def test_rollout_status_and_undo_with_nothing_served(tmp_path: Path, monkeypatch
     monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path))
     assert main(["rollout", "status"]) == 0
     out = capsys.readouterr().out
-    assert "target:         local" in out and "live:           nothing" in out
+    assert "target:           local" in out and "live:             nothing" in out
     assert main(["rollout", "undo"]) == 1
     assert "nothing to undo" in capsys.readouterr().err
