@@ -98,13 +98,13 @@ class LocalTarget:
             live_answers = self._predict("/invocations", example) if before else None
             expected = reference_predictions(model.uri, example, self.settings.resolved_mlflow_uri())
             check_answers(model.uri, example, predictions, expected, live_answers)
+            self._admin("POST", "/admin/promote", {"model_uri": model.uri})
         except ServingError as exc:
-            self._admin("DELETE", "/admin/candidate", check=False)
+            self._admin("DELETE", "/admin/candidate", {"model_uri": model.uri}, check=False)
             if started:
                 processes.stop(self.settings.home, NAME)
             still = f"; still serving version {previous.version}" if previous else ""
             raise ServingError(f"{model.model_name} version {model.version} was not rolled out: {exc}{still}") from exc
-        self._admin("POST", "/admin/promote")
         processes.annotate(self.settings.home, NAME, {"model_name": model.model_name, "model_version": model.version,
                                                       "model_uri": model.uri})
         log.info("%s version %s now serves at %s (was %s)", model.model_name, model.version, service.url,

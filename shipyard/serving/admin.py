@@ -72,7 +72,7 @@ async def _stage(server: Server, request: Request) -> tuple[int, Any]:
         uri, name, version = str(spec["model_uri"]), str(spec["model_name"]), str(spec["model_version"])
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         return 400, {"error_code": "BAD_REQUEST", "message": f"expected model_uri, model_name, model_version: {exc}"}
-    server.candidate = None
+    server.candidate = None  # a rollout that staged it and has not promoted yet gets 409 when it tries
     try:
         served = await asyncio.to_thread(load, uri, name, version)
     except Exception as exc:  # noqa: BLE001 - any load failure is the candidate's, reported to the caller
@@ -99,18 +99,38 @@ async def _candidate_predict(server: Server, request: Request) -> tuple[int, Any
     return status, payload
 
 
+async def _mismatch(server: Server, request: Request) -> tuple[int, Any] | None:
+    """Refuse to act on a candidate another rollout staged meanwhile (the body names the one meant)."""
+    try:
+        meant = orjson.loads(await request.body() or b"{}").get("model_uri")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 400, {"error_code": "BAD_REQUEST", "message": "expected a JSON object with model_uri"}
+    if server.candidate is None:
+        return 404, {"error_code": "NOT_FOUND", "message": "no candidate is loaded"}
+    staged = server.candidate.served.info["model_uri"]
+    if meant != staged:
+        return 409, {"error_code": "CONFLICT", "message": f"the candidate is {staged}, not {meant} "
+                     "(another rollout replaced it)"}
+    return None
+
+
 async def _promote(server: Server, request: Request) -> tuple[int, Any]:
     """Make the candidate live in one step; the old version is released once its requests finish."""
-    if server.candidate is None:
-        return 404, {"error_code": "NOT_FOUND", "message": "no candidate to promote"}
-    old, server.live, server.candidate = server.live, server.candidate, None
+    refused = await _mismatch(server, request)
+    new = server.candidate
+    if refused is not None or new is None:
+        return refused or (404, {"error_code": "NOT_FOUND", "message": "no candidate is loaded"})
+    old, server.live, server.candidate = server.live, new, None
     server.previous = old.served.info if old else server.previous
     server.failed = None
-    log.info("now serving %s (was %s)", server.live.served.info["model_uri"],
-             old.served.info["model_uri"] if old else "nothing")
-    return 200, {"live": server.live.served.info, "previous": server.previous}
+    was = old.served.info["model_uri"] if old else "nothing"
+    log.info("now serving %s (was %s)", new.served.info["model_uri"], was)
+    return 200, {"live": new.served.info, "previous": server.previous}
 
 
 async def _drop(server: Server, request: Request) -> tuple[int, Any]:
+    refused = await _mismatch(server, request)
+    if refused is not None:
+        return refused
     dropped, server.candidate = server.candidate, None
     return 200, {"dropped": dropped.served.info if dropped else None}

@@ -212,7 +212,10 @@ def test_health_is_ready_only_once_a_live_model_answered_a_prediction(
         staged = httpx.post(f"{url}/admin/candidate", json=spec, headers=auth, timeout=300)
         assert staged.status_code == 200 and len(staged.json()["predictions"]) == len(EXAMPLE)
         assert httpx.get(f"{url}/health").status_code == 503  # loaded and warmed, but not serving yet
-        assert httpx.post(f"{url}/admin/promote", headers=auth).status_code == 200
+        other = {"model_uri": f"models:/{model_name}/99"}
+        assert httpx.post(f"{url}/admin/promote", json=other, headers=auth).status_code == 409  # not the one staged
+        assert httpx.get(f"{url}/health").status_code == 503
+        assert httpx.post(f"{url}/admin/promote", json=spec, headers=auth).status_code == 200
         assert httpx.get(f"{url}/health").json() == {"status": "ready", "model_version": version}
     finally:
         servers.stop(proc)
