@@ -27,7 +27,8 @@ def plain_script(home: Path, training: TrainParams) -> str:
     """The four steps as a plain Python script: no Prefect anywhere."""
     from shipyard import datasets, registry
     from shipyard.datasets.demo import write_demo_source
-    from shipyard.serving import local
+    from shipyard.rollout.base import ModelRef
+    from shipyard.rollout.local import LocalTarget
     from shipyard.settings import Settings
     from shipyard.storage import filesystem
     from shipyard.training import train
@@ -43,21 +44,20 @@ def plain_script(home: Path, training: TrainParams) -> str:
     registered = registry.register(client, settings, store, result, params.model_name, params.metric,
                                    registry.RunContext())
     judged = registry.judge(client, settings, store, registered, result, params, registry.RunContext())
-    version = judged.version
-    rollout = local.roll_out(settings, "digits-classifier", version, settings.resolved_mlflow_uri(),
-                             judged.input_example)
-    local.stop(settings)
-    return rollout.model_version
+    target = LocalTarget(settings)
+    rollout = target.roll_out(ModelRef(model_name=params.model_name, version=judged.version), judged.input_example)
+    target.stop()
+    return rollout.model.version
 
 
 def prefect_pipeline(home: Path, training: TrainParams) -> str:
     """The demo pipeline flow (stage -> train -> register -> roll out) under Prefect."""
     from flows.pipeline import pipeline_flow
-    from shipyard.serving import local
+    from shipyard.rollout.local import stop
     from shipyard.settings import load_settings
 
     result = pipeline_flow(DatasetParams(), training, RegisterParams(), RolloutParams())
-    local.stop(load_settings())
+    stop(load_settings())
     return result.served_version
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.transactions import transaction
 
 from flows.train import run_training
 from shipyard.params import DatasetParams, DatasetRef, RegisterParams, RolloutParams, TrainParams
 from shipyard.pipeline import PipelineResult
+from shipyard.rollout.base import ModelRef
 from tasks.register import await_approval, register_model
-from tasks.rollout import roll_out
+from tasks.rollout import hold_champion, roll_out
 from tasks.stage import stage_dataset
 
 
@@ -29,12 +31,19 @@ def pipeline_flow(
     3. Register: log the run to MLflow with lineage, register a version, evaluate it and the champion on the
        same holdout; it becomes `champion` only if it passes the thresholds and beats it by the margin
        (and, if asked, someone approves), else `challenger`.
-    4. Roll out: serve the champion, smoke-test one prediction, roll back on failure; skipped for a challenger.
+    4. Roll out: load the champion beside the live version, check its answers against MLflow's, switch;
+       on failure the old version keeps serving and `champion` goes back to it (one transaction).
+       Skipped for a challenger.
     """
     manifest = stage_dataset(dataset)
     trained = run_training(DatasetRef(name=manifest.dataset, version=manifest.version), training, force=force)
-    registration = register_model(trained, registry)
-    if registration.decision.outcome == "awaiting-approval":
-        registration = register_model(trained, registry, await_approval(registration, registry))
-    served = roll_out(registration, rollout) if registration.is_champion else None
+    served = None
+    with transaction():
+        hold_champion(registry.model_name)
+        registration = register_model(trained, registry)
+        if registration.decision.outcome == "awaiting-approval":
+            registration = register_model(trained, registry, await_approval(registration, registry))
+        if registration.is_champion and registration.champion_version is not None:
+            champion = ModelRef(model_name=registration.model_name, version=registration.champion_version)
+            served = roll_out(champion, registration.input_example, rollout)
     return PipelineResult.build(trained, registration, served, str(flow_run.get_id()))

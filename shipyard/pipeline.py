@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from shipyard.refs import DatasetRef
 from shipyard.registry import Registration
-from shipyard.serving.local import Rollout
+from shipyard.rollout.base import RolloutResult
 from shipyard.training import TrainResult
 
 
@@ -32,7 +32,7 @@ class PipelineResult(BaseModel):
     example: list[list[float]]
 
     @classmethod
-    def build(cls, trained: TrainResult, registration: Registration, rollout: Rollout | None,
+    def build(cls, trained: TrainResult, registration: Registration, rollout: RolloutResult | None,
               flow_run_id: str) -> PipelineResult:
         """Gather the identifiers from each stage's output (``rollout`` None: nothing was rolled out)."""
         return cls(
@@ -41,7 +41,8 @@ class PipelineResult(BaseModel):
             champion_version=registration.champion_version, promoted=registration.promoted,
             gate_outcome=registration.decision.outcome, gate_reason=registration.decision.reason,
             mlflow_run_id=registration.run_id, mlflow_experiment_id=registration.experiment_id,
-            endpoint=rollout.url if rollout else None, served_version=rollout.model_version if rollout else None,
+            endpoint=rollout.endpoint if rollout else None,
+            served_version=rollout.model.version if rollout else None,
             flow_run_id=flow_run_id, example=registration.input_example[:1],
         )
 

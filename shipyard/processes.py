@@ -247,3 +247,16 @@ def stop(home: Path, name: str) -> Service | None:
         terminate(service.pid, started=service.started)
         _record(home, name).unlink(missing_ok=True)
         return service
+
+
+def annotate(home: Path, name: str, info: dict[str, str]) -> Service | None:
+    """Replace the ``info`` of a recorded, running service (atomically); return the updated record."""
+    service = find(home, name)
+    if service is None:
+        return None
+    updated = service.model_copy(update={"info": info})
+    record = _record(home, name)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(updated.model_dump_json(indent=2))
+    os.replace(tmp, record)
+    return updated

@@ -23,6 +23,13 @@ class TrainMode(StrEnum):
     cluster = "cluster"
 
 
+class RolloutTarget(StrEnum):
+    """Where the roll-out stage serves the champion."""
+
+    local = "local"
+    kubernetes = "kubernetes"
+
+
 class Settings(BaseSettings):
     """Where Shipyard keeps things and which services it talks to."""
 
@@ -83,6 +90,26 @@ class Settings(BaseSettings):
     )
     mlflow_ui_port: int = Field(
         default=5000, ge=1, le=65535, description="Port of the local MLflow UI ('shipyard up')."
+    )
+
+    # Serving and rollout (issue 7, i7-serving).
+    rollout_target: RolloutTarget = Field(
+        default=RolloutTarget.local,
+        description="Where the roll-out stage serves the champion: 'local' (a hot-swapping server on this "
+        "machine) or 'kubernetes' (a Deployment on the inference node group).",
+    )
+    serving_max_request_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024,
+        description="Largest request body the inference server accepts; larger ones get HTTP 413.",
+    )
+    serving_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600,
+        description="Longest a prediction may take; slower ones get HTTP 504 (and fail a rollout's warm-up).",
+    )
+    serving_token: str | None = Field(
+        default=None,
+        description="Token the inference server requires to swap models. Default: a random one kept in "
+        "<home>/serving-token (mode 0600).",
     )
 
     def resolved_store_uri(self) -> str:

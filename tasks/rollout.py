@@ -1,28 +1,60 @@
-"""Task: roll the champion out to the local inference server and smoke-test it."""
+"""Tasks: serve a version on the configured target, and keep the `champion` alias with what is live.
+
+Inside a flow's ``transaction()``, :func:`hold_champion` remembers where `champion` pointed; if a later
+task of the transaction fails (a rollout the target rolled back), its rollback hook puts the alias back,
+so the live version and the champion go back together.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.transactions import Transaction, get_transaction
 
+from shipyard import registry, rollout
 from shipyard.params import RolloutParams
-from shipyard.registry import Registration
-from shipyard.serving.local import Rollout
-from shipyard.serving.local import roll_out as roll_out_locally
+from shipyard.rollout.base import ModelRef, RolloutResult
+from shipyard.rollout.champion import champion_version, restore_champion, set_champion
 from shipyard.settings import load_settings
 
 
 @task(cache_policy=NO_CACHE)
-def roll_out(registration: Registration, params: RolloutParams) -> Rollout:
-    """Serve the champion version; a failed start or smoke test restores the previous server."""
+def hold_champion(model_name: str) -> str | None:
+    """Remember the champion version, for the rollback hook."""
+    held = champion_version(registry.client(load_settings()), model_name)
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.set("model_name", model_name)
+        transaction.set("champion", held)
+    return held
+
+
+@hold_champion.on_rollback
+def _put_champion_back(transaction: Transaction) -> None:
+    restore_champion(registry.client(load_settings()), transaction.get("model_name"), transaction.get("champion"))
+
+
+@task(cache_policy=NO_CACHE)
+def promote_version(model: ModelRef) -> None:
+    """Make ``model`` the champion (the rollout that follows serves it)."""
+    set_champion(registry.client(load_settings()), model)
+
+
+@task(cache_policy=NO_CACHE)
+def roll_out(model: ModelRef, example: list[list[float]] | None, params: RolloutParams) -> RolloutResult:
+    """Serve ``model`` on the configured target; a failed load, warm-up or smoke test leaves the old one live."""
     logger = get_run_logger()
     settings = load_settings()
-    version = registration.champion_version or registration.version  # the flow rolls out champions only
-    rollout = roll_out_locally(settings, registration.model_name, version, settings.resolved_mlflow_uri(),
-                               registration.input_example if params.smoke_test else None)
-    verb = "already serving" if rollout.reused else "now serving"
-    logger.info("%s %s version %s at %s", verb, registration.model_name, version, rollout.url)
-    if rollout.predictions is not None:
-        logger.info("smoke test passed: %d predictions from %s/invocations", len(rollout.predictions), rollout.url)
-    return rollout
+    registry.client(settings)  # points MLflow at the registry for the smoke test's reference predictions
+    result = rollout.target(settings).roll_out(model, example if params.smoke_test else None)
+    verb = "already serving" if result.reused else "now serving"
+    logger.info("%s %s version %s at %s (%s)", verb, model.model_name, model.version, result.endpoint, result.target)
+    if result.predictions is not None:
+        logger.info("smoke test passed: %d predictions equal to MLflow's", len(result.predictions))
+    return result
+
+
+__all__: list[Any] = ["hold_champion", "promote_version", "roll_out"]

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from shipyard import __version__
 from shipyard.errors import ShipyardError
 
-COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", "shipyard.cli.models"]
+COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", "shipyard.cli.models",
+            "shipyard.cli.rollout"]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -107,9 +107,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop every service Shipyard started on this machine."""
     settings = load_settings()
-    from shipyard.serving import local as serving
+    from shipyard.rollout.local import stop
 
-    stopped = [s.name for s in (serving.stop(settings),) if s]
+    stopped = [s.name for s in (stop(settings),) if s]
     stopped += [name for name in SERVICES if processes.stop(settings.home, name)]
     print("Stopped: " + ", ".join(stopped) if stopped else "Nothing was running.")
     return 0

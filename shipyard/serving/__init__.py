@@ -1,5 +1,5 @@
-"""Serving: an HTTP inference server in MLflow's scoring format, and local rollout of it.
+"""Serving: what runs inside the inference pod (the HTTP app, model loading, batching, metrics).
 
-The app (``shipyard.serving.app``) imports MLflow and FastAPI only, never Prefect, so the inference
-image stays small.
+It imports neither Prefect nor the rollout or CLI code (an import contract checks that), so the
+inference image installs only the ``serving`` extra. Rollout lives in :mod:`shipyard.rollout`.
 """

@@ -143,13 +143,13 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture
 def inference_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """Give the local inference server a free port, and stop it after the test."""
-    from shipyard.serving import local
+    from shipyard.rollout.local import stop
     from shipyard.settings import load_settings
 
     port = servers.free_port()
     monkeypatch.setenv("SHIPYARD_INFERENCE_PORT", str(port))
     yield port
-    local.stop(load_settings())
+    stop(load_settings())
 
 
 def unique_name(request: pytest.FixtureRequest, prefix: str = "m") -> str:

@@ -27,4 +27,5 @@ def test_names_are_unique_and_pools_come_from_settings() -> None:
     settings = Settings(train_work_pool="gpu-a100")
     pools = {d.full_name: d.work_pool(settings) for d in DEPLOYMENTS}
     assert pools["train-flow/cluster"] == "gpu-a100"
-    assert {d.full_name for d in for_environment("local")} == {"pipeline-flow/local", "train-flow/local"}
+    assert {d.full_name for d in for_environment("local")} == {"pipeline-flow/local", "train-flow/local",
+                                                             "rollout-flow/local"}

@@ -1,10 +1,13 @@
-"""Importing does nothing, the core is Prefect-free, and the serving app stays small."""
+"""Importing does nothing, the core is Prefect-free, and the serving app stays small (import contracts)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,3 +51,36 @@ def test_the_core_and_the_serving_app_do_not_import_prefect(tmp_path: Path) -> N
     done = _python(code, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
+PACKAGES = ("shipyard", "flows", "tasks", "deployments")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(root), "PYTHONPATH": str(root)})
+
+
+def test_the_import_contracts_hold() -> None:
+    done = _lint_imports(REPO)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "3 kept, 0 broken" in done.stdout
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("shipyard/serving/model.py", "import prefect"),
+    ("shipyard/serving/app.py", "from shipyard.rollout import local"),
+    ("shipyard/serving/metrics.py", "import shipyard.cli"),
+    ("shipyard/registry.py", "from prefect import task"),
+    ("tasks/stage.py", "import flows.pipeline"),
+])
+def test_a_forbidden_import_breaks_a_contract(tmp_path: Path, module: str, forbidden: str) -> None:
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    with open(tmp_path / module, "a") as planted:
+        planted.write(f"\n{forbidden}  # planted\n")
+    done = _lint_imports(tmp_path)
+    assert done.returncode != 0
+    assert "BROKEN" in done.stdout and module.removesuffix(".py").replace("/", ".") in done.stdout

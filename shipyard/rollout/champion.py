@@ -1,0 +1,56 @@
+"""The ``champion`` alias and the live version move together: helpers to read, move and restore it.
+
+Only plain ``MlflowClient`` calls, so they work with any client the caller built.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shipyard.errors import RegistryError
+from shipyard.rollout.base import ModelRef
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+def champion_version(client: Any, model_name: str) -> str | None:
+    """Return the version holding ``champion``, or None if no version does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise RegistryError(f"cannot read the {CHAMPION} alias of {model_name}: {exc.message}") from exc
+
+
+def set_champion(client: Any, model: ModelRef) -> None:
+    """Point ``champion`` at ``model`` (the version must exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(model.model_name, model.version)
+        client.set_registered_model_alias(model.model_name, CHAMPION, model.version)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot make {model.uri} the {CHAMPION}: {exc.message}") from exc
+    log.info("%s of %s is now version %s", CHAMPION, model.model_name, model.version)
+
+
+def restore_champion(client: Any, model_name: str, version: str | None) -> None:
+    """Put ``champion`` back on ``version`` (None: remove it), if it moved."""
+    from mlflow.exceptions import MlflowException
+
+    if champion_version(client, model_name) == version:
+        return
+    try:
+        if version is None:
+            client.delete_registered_model_alias(model_name, CHAMPION)
+        else:
+            client.set_registered_model_alias(model_name, CHAMPION, version)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot restore the {CHAMPION} alias of {model_name}: {exc.message}") from exc
+    log.warning("%s of %s restored to version %s", CHAMPION, model_name, version or "none")
