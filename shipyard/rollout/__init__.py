@@ -1,0 +1,1 @@
+"""Rollout: serve a registered model version on a target (local process or Kubernetes)."""
