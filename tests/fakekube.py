@@ -250,6 +250,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         fake = self.server.fake
         fake.applies.append((match["plural"], match["name"], manager, query.get("force", ["false"])[0] == "true"))
+        current = fake.get(match["plural"], match["ns"], match["name"])
+        wanted_version = body.get("metadata", {}).get("resourceVersion")
+        if wanted_version and (current is None or current["metadata"]["resourceVersion"] != wanted_version):
+            return self._status(409, f'Operation cannot be fulfilled on {match["plural"]} "{match["name"]}": the '
+                                "object has been modified; please apply your changes to the latest version and "
+                                "try again", "Conflict")
         self._send(200, fake.apply(match["plural"], match["ns"], match["name"], body))
 
     def do_POST(self) -> None:

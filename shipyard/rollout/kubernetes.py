@@ -90,10 +90,14 @@ class KubernetesTarget:
         previous_model = pinned_model(previous) if previous else None
         log.info("rolling %s out to deployment %s (context %s)", model.uri, self.where,
                  self.client.config.context_name)
+        self._apply(inference.service(self.settings))
+        self._apply(inference.disruption_budget(self.settings))
+        if previous is not None and previous.metadata is not None:
+            # Optimistic lock: if another rollout changed the Deployment since it was read, this apply is
+            # refused (409) and nothing changes, rather than rolling back someone else's version later.
+            wanted["metadata"]["resourceVersion"] = previous.metadata.resourceVersion
+        applied = self._apply(wanted)  # refused: nothing changed, nothing to restore
         try:
-            self._apply(inference.service(self.settings))
-            self._apply(inference.disruption_budget(self.settings))
-            applied = self._apply(wanted)
             self._wait(f"rollout of {model.uri}")
             predictions = self._smoke_test(example) if example else None
         except Exception as exc:

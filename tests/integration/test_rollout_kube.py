@@ -207,3 +207,20 @@ def test_an_unknown_kube_context_is_one_line_naming_the_known_ones(tmp_path: Pat
         target = KubernetesTarget(settings(inference_kubeconfig=config, inference_kube_context="inferense"))
         with pytest.raises(KubeError, match=r"kube context 'inferense' not found in .*kubeconfig \(known: training\)"):
             target.live()
+
+
+def test_a_deployment_changed_by_another_rollout_meanwhile_is_left_alone(cluster: Cluster,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    ours = cluster.target()
+    ours.roll_out(V1, EXAMPLE)
+    read = ours._read
+
+    def read_then_another_pipeline_rolls_out_v3() -> Any:
+        seen = read()
+        cluster.target().roll_out(ModelRef(model_name="digits", version="3"), None)
+        return seen
+
+    monkeypatch.setattr(ours, "_read", read_then_another_pipeline_rolls_out_v3)
+    with pytest.raises(KubeError, match="the object has been modified"):
+        ours.roll_out(V2, EXAMPLE)
+    assert cluster.pinned() == "3"  # neither overwritten by v2 nor "restored" to v1
