@@ -128,7 +128,8 @@ class KubernetesTarget:
     def _wait(self, what: str) -> None:
         """Poll until the rollout is complete; raise with the pods' reason when it is past its deadline."""
         deadline = self.settings.inference_progress_deadline_seconds
-        give_up = self.clock() + deadline * (self.settings.inference_replicas + 2)
+        # A guard only: the controller reports a stalled rollout itself (ProgressDeadlineExceeded).
+        give_up = self.clock() + deadline * (self.settings.inference_replicas + 2) + 60
         while True:
             with translate(f"read deployment {self.where}"):
                 deployment = self.client.get(Deployment, inference.NAME, namespace=self.namespace)

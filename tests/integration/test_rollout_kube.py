@@ -224,3 +224,14 @@ def test_a_deployment_changed_by_another_rollout_meanwhile_is_left_alone(cluster
     with pytest.raises(KubeError, match="the object has been modified"):
         ours.roll_out(V2, EXAMPLE)
     assert cluster.pinned() == "3"  # neither overwritten by v2 nor "restored" to v1
+
+
+def test_a_deployment_no_controller_ever_observes_fails_after_the_guard_and_is_removed() -> None:
+    ticks = iter(range(0, 10**6, 100))  # each look at the clock is 100 s later: the guard, not a real wait
+    with fakekube.serve() as fake:  # no controller: observedGeneration never catches up
+        lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.01, clock=lambda: float(next(ticks)))
+        with pytest.raises(KubeError, match=r"rollout of models:/digits/1 did not finish in time \(waiting for the "
+                                            r"deployment spec update to be observed\).*deployment was deleted"):
+            target.roll_out(V1, EXAMPLE)
+        assert fake.get("deployments", NS, NAME) is None
