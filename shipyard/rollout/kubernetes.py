@@ -80,7 +80,8 @@ class KubernetesTarget:
         status, spec = deployment.status, deployment.spec
         detail = {"deployment": self.where, "context": self.client.config.context_name,
                   "replicas": f"{(status.availableReplicas if status else 0) or 0}/{spec.replicas if spec else '?'}",
-                  "image": spec.template.spec.containers[0].image or "" if spec and spec.template.spec else ""}
+                  "image": spec.template.spec.containers[0].image or "" if spec and spec.template.spec else "",
+                  "rollout": rollout_state(deployment).message}
         return Live(target=self.name, model=model, endpoint=inference.endpoint(self.settings), detail=detail)
 
     def roll_out(self, model: ModelRef, example: list[list[float]] | None) -> RolloutResult:
@@ -88,6 +89,9 @@ class KubernetesTarget:
         wanted = inference.deployment(self.settings, model.model_name, model.version)  # bad settings: nothing applied
         previous = self._read()
         previous_model = pinned_model(previous) if previous else None
+        if previous is not None and not rollout_state(previous).done:
+            log.warning("deployment %s was not fully rolled out before this rollout (%s); a failure restores that "
+                        "spec", self.where, rollout_state(previous).message)
         log.info("rolling %s out to deployment %s (context %s)", model.uri, self.where,
                  self.client.config.context_name)
         self._apply(inference.service(self.settings))

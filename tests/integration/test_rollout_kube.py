@@ -88,6 +88,7 @@ def test_a_rollout_becomes_available_and_the_service_answers_with_the_new_versio
     live = target.live()
     assert live is not None and live.model == V2 and live.target == "kubernetes"
     assert live.detail["replicas"] == "2/2" and live.detail["context"] == "fake"
+    assert live.detail["rollout"] == "deployment shipyard-inference successfully rolled out"
     assert live.endpoint == "http://shipyard-inference.shipyard.svc.cluster.local"
     # Service, PDB and Deployment, all applied server-side under Shipyard's own field manager.
     assert {(plural, manager, force) for plural, _, manager, force in cluster.fake.applies} == {
