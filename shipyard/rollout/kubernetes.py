@@ -63,7 +63,7 @@ class KubernetesTarget:
         """Return the client of the inference cluster (its own kubeconfig and context when set)."""
         if self._client is None:
             self._client = kube_client(self.namespace, kubeconfig=self.settings.inference_kubeconfig,
-                                              context=self.settings.inference_kube_context)
+                                       context=self.settings.inference_kube_context)
         return self._client
 
     @property
@@ -179,8 +179,11 @@ class KubernetesTarget:
             log.warning("deleted deployment %s: nothing was live before", self.where)
             return "nothing was live before, so the deployment was deleted"
         meta = previous.metadata or ObjectMeta()
+        # Annotations the controller or kubectl keep (revision, last-applied) stay theirs, not this manager's.
+        annotations = {k: v for k, v in (meta.annotations or {}).items()
+                       if not k.startswith(("deployment.kubernetes.io/", "kubectl.kubernetes.io/"))}
         restore = Deployment(metadata=ObjectMeta(name=inference.NAME, namespace=self.namespace,
-                                                 labels=meta.labels, annotations=meta.annotations),
+                                                 labels=meta.labels, annotations=annotations or None),
                              spec=previous.spec)
         label = previous_model.uri if previous_model else "the previous spec"
         log.warning("rolling deployment %s back to %s", self.where, label)
