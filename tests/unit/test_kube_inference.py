@@ -268,3 +268,26 @@ def test_container_problems_carry_the_waiting_reason_message_and_last_exit() -> 
     assert container_problem(crash) == "CrashLoopBackOff: back-off 1m20s (last exit code 137, OOMKilled)"
     assert container_problem(_container({"waiting": {"reason": "ContainerCreating"}})) is None
     assert container_problem(_container({"running": {}})) is None
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_the_server_accepts_the_pods_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from shipyard.serving.__main__ import main
+
+    container = pod_spec(rendered()[0])["containers"][0]
+    assert container["command"][-2:] == ["-m", "shipyard.serving"]
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        raise _Parsed(parse(self, *args, **kwargs))  # a bad argument exits here with argparse's error instead
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    with pytest.raises(_Parsed) as caught:
+        main(container["args"])
+    parsed = caught.value.args[0]
+    assert (parsed.model_uri, parsed.host, parsed.port) == ("models:/digits/7", "0.0.0.0", 8080)
