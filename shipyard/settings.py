@@ -111,6 +111,34 @@ class Settings(BaseSettings):
         description="Token the inference server requires to swap models. Default: a random one kept in "
         "<home>/serving-token (mode 0600).",
     )
+    # Kubernetes rollout
+    inference_kube_context: str | None = Field(
+        default=None,
+        description="Kube context the Kubernetes rollout target uses (a dedicated inference cluster). "
+        "Default: the current context, or the pod's service account in the cluster.",
+    )
+    inference_kubeconfig: Path | None = Field(
+        default=None,
+        description="Kubeconfig file of the Kubernetes rollout target. Default: KUBECONFIG or ~/.kube/config.",
+    )
+    inference_replicas: int = Field(
+        default=2, ge=1, le=100, description="Replicas of the inference Deployment on Kubernetes."
+    )
+    inference_gpus: int = Field(
+        default=1, ge=0, le=8,
+        description="nvidia.com/gpu per inference pod; above 0 the pods also tolerate the GPU node taint "
+        "(0: the inference node group has no GPUs).",
+    )
+    inference_cpu: str = Field(
+        default="2", description="CPU request of each inference pod (Kubernetes quantity)."
+    )
+    inference_memory: str = Field(
+        default="8Gi", description="Memory request and limit of each inference pod (Kubernetes quantity)."
+    )
+    inference_progress_deadline_seconds: int = Field(
+        default=600, ge=1,
+        description="A Kubernetes rollout that makes no progress this long fails and is rolled back.",
+    )
 
     def resolved_store_uri(self) -> str:
         """Return the store URI, defaulting to a directory under ``home``."""

@@ -1,9 +1,11 @@
-"""An in-process fake Kubernetes API server over HTTP: enough of pods, jobs, services and events for our clients.
+"""An in-process fake Kubernetes API server over HTTP: enough of pods, jobs, events, deployments, services and
+pod disruption budgets for our clients.
 
 Supports GET (one object), LIST (label and field selectors, resourceVersion), WATCH (``watch=true``, streamed
-JSON lines, honouring ``timeoutSeconds``), POST (create) and DELETE (Jobs take their pods with them unless
-orphaned, as the garbage collector would). Objects are plain dicts, the API's JSON, so tests state exactly
-what a real API server would hold.
+JSON lines, honouring ``timeoutSeconds``), POST (create), PATCH (server-side apply only), the service proxy
+(answered by ``FakeKube.backend`` on behalf of a ready pod the Service selects) and DELETE (Jobs take their
+pods with them unless orphaned, as the garbage collector would). Objects are plain dicts, the API's JSON, so
+tests state exactly what a real API server would hold.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,9 +24,18 @@ from tests.servers import free_port
 
 # resource plural -> (API prefix, kind)
 RESOURCES = {"pods": ("/api/v1", "Pod"), "events": ("/api/v1", "Event"), "jobs": ("/apis/batch/v1", "Job"),
-             "services": ("/api/v1", "Service")}
-_PATH = re.compile(
-    r"^(?P<prefix>/api/v1|/apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<plural>\w+)(?:/(?P<name>[^/]+))?$")
+             "services": ("/api/v1", "Service"), "deployments": ("/apis/apps/v1", "Deployment"),
+             "poddisruptionbudgets": ("/apis/policy/v1", "PodDisruptionBudget")}
+_PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/batch/v1|/apis/apps/v1|/apis/policy/v1)/namespaces/(?P<ns>[^/]+)/"
+                   r"(?P<plural>\w+)(?:/(?P<name>[^/]+))?$")
+_PROXY = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?P<name>[^/:]+)(?::(?P<port>[^/]+))?/proxy"
+                    r"(?P<path>/.*)?$")
+# A backend answers a service-proxy request on behalf of one ready pod: (pod, method, path, body) -> (code, body).
+Backend = Callable[[dict[str, Any], str, str, bytes], tuple[int, dict[str, Any]]]
+
+
+def _api_version(prefix: str) -> str:
+    return prefix.removeprefix("/apis/").removeprefix("/api/")
 
 
 def _field(obj: dict[str, Any], dotted: str) -> str:
@@ -56,12 +67,14 @@ class FakeKube:
         self.version = 0
         self.lock = threading.Condition()
         self.url = ""
+        self.applies: list[tuple[str, str, str | None, bool]] = []  # (plural, name, fieldManager, force)
+        self.backend: Backend | None = None
 
     def put(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an object, as a controller would."""
         meta = obj.setdefault("metadata", {})
         prefix, kind = RESOURCES[plural]
-        obj.setdefault("apiVersion", "v1" if prefix == "/api/v1" else "batch/v1")
+        obj.setdefault("apiVersion", _api_version(prefix))
         obj.setdefault("kind", kind)
         meta.setdefault("namespace", "default")
         meta.setdefault("uid", f"uid-{meta['name']}")
@@ -71,6 +84,34 @@ class FakeKube:
             self._record(kind_of_change, plural, obj)
             self.objects[key] = obj
         return obj
+
+    def apply(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply by the only manager there is: its fields replace labels, annotations and spec.
+
+        ``metadata.generation`` counts spec changes, as the API server does; status is left to controllers.
+        """
+        with self.lock:
+            old = self.objects.get((plural, namespace, name))
+            meta = {**(old or {}).get("metadata", {}), "name": name, "namespace": namespace}
+            for key in ("labels", "annotations"):
+                meta[key] = body.get("metadata", {}).get(key) or {}
+            obj = {**(old or {}), **{k: v for k, v in body.items() if k != "metadata"}, "metadata": meta}
+            if old is None or old.get("spec") != obj.get("spec"):
+                meta["generation"] = int(meta.get("generation", 0)) + 1
+            return self.put(plural, json.loads(json.dumps(obj)))
+
+    def proxy(self, namespace: str, service: str, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Answer a service-proxy request through one ready pod the Service selects, as kube-proxy would."""
+        svc = self.get("services", namespace, service)
+        if svc is None:
+            return 404, {"kind": "Status", "code": 404, "message": f'services "{service}" not found'}
+        selector = ",".join(f"{k}={v}" for k, v in svc["spec"].get("selector", {}).items())
+        ready = [p for p in self.listing("pods", namespace, selector, None)["items"]
+                 if any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in p.get("status", {}).get("conditions", []))]
+        if not ready or self.backend is None:
+            return 503, {"kind": "Status", "code": 503, "message": f'no endpoints available for service "{service}"'}
+        return self.backend(ready[0], method, path, body)
 
     def remove(self, plural: str, namespace: str, name: str, cascade: bool = True) -> dict[str, Any] | None:
         """Delete an object (and, with cascade, a Job's pods and whatever names it in its ownerReferences)."""
@@ -114,7 +155,7 @@ class FakeKube:
             items = [o for (p, ns, _), o in sorted(self.objects.items()) if p == plural and ns == namespace
                      and _selected(o, labels, fields)]
             version = str(self.version)
-        api = "v1" if prefix == "/api/v1" else "batch/v1"
+        api = _api_version(prefix)
         return {"apiVersion": api, "kind": f"{kind}List", "metadata": {"resourceVersion": version}, "items": items}
 
     def stream(self, plural: str, namespace: str, labels: str | None, fields: str | None, since: int,
@@ -164,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
         return match, parse_qs(url.query)
 
     def do_GET(self) -> None:
+        if self._proxied():
+            return None
         match, query = self._route()
         if match is None:
             return self._status(404, f"the server could not find the requested resource {self.path}", "NotFound")
@@ -189,7 +232,40 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(json.dumps(event).encode() + b"\n")
             self.wfile.flush()
 
+    def _proxied(self) -> bool:
+        url = urlparse(self.path)
+        match = _PROXY.match(url.path)
+        if match is None:
+            return False
+        self.server.fake.requests.append((self.command, url.path))
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        code, answer = self.server.fake.proxy(match["ns"], match["name"], self.command, match["path"] or "/", body)
+        self._send(code, answer)
+        return True
+
+    def do_PATCH(self) -> None:
+        match, query = self._route()
+        if match is None or not match["name"]:
+            return self._status(405, "method not allowed", "MethodNotAllowed")
+        if self.headers.get("Content-Type") != "application/apply-patch+yaml":
+            return self._status(415, "only server-side apply is supported", "UnsupportedMediaType")
+        manager = query.get("fieldManager", [None])[0]
+        if not manager:
+            return self._status(422, "fieldManager is required for apply requests", "Invalid")
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        fake = self.server.fake
+        fake.applies.append((match["plural"], match["name"], manager, query.get("force", ["false"])[0] == "true"))
+        current = fake.get(match["plural"], match["ns"], match["name"])
+        wanted_version = body.get("metadata", {}).get("resourceVersion")
+        if wanted_version and (current is None or current["metadata"]["resourceVersion"] != wanted_version):
+            return self._status(409, f'Operation cannot be fulfilled on {match["plural"]} "{match["name"]}": the '
+                                "object has been modified; please apply your changes to the latest version and "
+                                "try again", "Conflict")
+        self._send(200, fake.apply(match["plural"], match["ns"], match["name"], body))
+
     def do_POST(self) -> None:
+        if self._proxied():
+            return None
         match, _ = self._route()
         if match is None or match["name"]:
             return self._status(405, "method not allowed", "MethodNotAllowed")

@@ -48,6 +48,15 @@ def unschedulable_reason(pod: Pod) -> str | None:
     return None
 
 
+def scheduler_message(client: Client, namespace: str, pod_name: str) -> str | None:
+    """Return the newest FailedScheduling event's message for the pod, if the API kept one."""
+    with translate(f"list events of pod {namespace}/{pod_name}"):
+        events = [e for e in client.list(Event, namespace=namespace, fields={"involvedObject.name": pod_name})
+                  if e.reason == "FailedScheduling" and e.message]
+    events.sort(key=lambda e: str(e.lastTimestamp or e.eventTime or ""))
+    return events[-1].message if events else None
+
+
 @dataclass
 class SchedulingWatch:
     """Watch the Job of one Prefect flow run; fail it when its pod stays unschedulable past the timeout."""
@@ -85,13 +94,7 @@ class SchedulingWatch:
         return parse_duration(value) if value is not None else DEFAULT_TIMEOUT_SECONDS
 
     def _scheduler_message(self, pod_name: str) -> str | None:
-        """Return the newest FailedScheduling event's message for the pod, if the API kept one."""
-        with translate(f"list events of pod {self.namespace}/{pod_name}"):
-            events = [e for e in self.client.list(Event, namespace=self.namespace,
-                                                  fields={"involvedObject.name": pod_name})
-                      if e.reason == "FailedScheduling" and e.message]
-        events.sort(key=lambda e: str(e.lastTimestamp or e.eventTime or ""))
-        return events[-1].message if events else None
+        return scheduler_message(self.client, self.namespace, pod_name)
 
     def _fail(self, job_name: str, pod_name: str, waited: float, reason: str) -> None:
         log.warning("job %s/%s: pod %s unschedulable for %.0fs; deleting the job", self.namespace, job_name,
