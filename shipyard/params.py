@@ -32,6 +32,13 @@ class DatasetParams(_Params):
         description="'demo' for the bundled handwritten digits, or a local directory, glob or fsspec URI "
         "(s3://bucket/path) holding Parquet, CSV or NPZ files.",
     )
+    version: str | None = Field(
+        default=None,
+        pattern=r"^(latest|[0-9a-f]{4,64})$",
+        title="Staged version",
+        description="Use this already staged version (id, unique prefix or 'latest') instead of staging the "
+        "source; the new-data trigger sets it to the version just staged.",
+    )
 
 
 class TrainParams(_Params):

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         default=5000, ge=1, le=65535, description="Port of the local MLflow UI ('shipyard up')."
     )
 
+    # Schedules and events (deployments, 'shipyard schedule').
+    local_pipeline_cron: str = Field(
+        default="0 3 * * *",
+        pattern=r"^\S+( \S+){4}$",
+        description="Cron (UTC) of the local pipeline deployment's schedule; 'shipyard up' creates it paused "
+        "and 'shipyard schedule resume' turns it on.",
+    )
+
     def resolved_store_uri(self) -> str:
         """Return the store URI, defaulting to a directory under ``home``."""
         if self.store_uri:
