@@ -45,7 +45,7 @@ def render(settings: Settings | None = None) -> str:
     document = {"name": "shipyard", "prefect-version": prefect_version, "build": None, "push": None,
                 "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PWD }}"}}],
                 "deployments": [_deployment(spec, settings) for spec in DEPLOYMENTS]}
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=120)
+    return HEADER + str(yaml.safe_dump(document, sort_keys=False, width=120))
 
 
 def main(argv: list[str] | None = None) -> int:
