@@ -82,10 +82,10 @@ def test_staging_a_new_version_retrains_on_exactly_that_version(
     assert run.parameters["dataset"] == {"name": "digits", "version": version}
     assert run.name == f"pipeline digits@{version[:8]} e10"  # the UI says what runs
     # The model it registered was trained on exactly the announced version.
-    client = MlflowClient(mlflow_uri)
-    experiment = client.get_experiment_by_name(os.environ["SHIPYARD_MLFLOW_EXPERIMENT"])
+    tracking = MlflowClient(mlflow_uri)
+    experiment = tracking.get_experiment_by_name(os.environ["SHIPYARD_MLFLOW_EXPERIMENT"])
     assert experiment is not None
-    trained = client.search_runs([experiment.experiment_id])
+    trained = tracking.search_runs([experiment.experiment_id])
     assert [r.data.tags["shipyard.dataset_version"] for r in trained] == [version]
 
     # Staging the same files again announces nothing: there is no new version to train on.
