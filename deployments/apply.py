@@ -8,10 +8,11 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.schedules import Cron
+from prefect.schedules import Cron, Schedule
 from prefect.workers.process import ProcessWorker
 
 from deployments import STAGED_BY, DeploymentSpec, for_environment
@@ -36,14 +37,19 @@ def ensure_pool(name: str, pool_type: str, base_job_template: dict[str, Any]) ->
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
 
 
-def _schedule_active(spec: DeploymentSpec, cron: str) -> bool:
-    """Keep a schedule the user turned on ('shipyard schedule resume') on; a new one starts paused."""
+def _schedules(spec: DeploymentSpec, settings: Settings) -> list[Schedule] | None:
+    """Create a row's schedule paused; once it exists, keep it as it is ('shipyard schedule' changes it)."""
+    cron = spec.schedule_cron(settings)
+    if cron is None:
+        return None
     with get_client(sync_client=True) as client:
         try:
-            existing = client.read_deployment_by_name(spec.full_name)
+            existing = client.read_deployment_by_name(spec.full_name).schedules
         except ObjectNotFound:
-            return False
-    return any(s.active for s in existing.schedules if getattr(s.schedule, "cron", None) == cron)
+            existing = []
+    kept = [Cron(s.schedule.cron, timezone=s.schedule.timezone, active=s.active) for s in existing
+            if isinstance(s.schedule, CronSchedule)]
+    return kept or [Cron(cron, timezone="UTC", active=False)]
 
 
 def triggers(spec: DeploymentSpec) -> list[DeploymentEventTrigger]:
@@ -58,12 +64,10 @@ def triggers(spec: DeploymentSpec) -> list[DeploymentEventTrigger]:
 
 
 def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerDeployment:
-    cron = spec.schedule_cron(settings)
-    schedules = None if cron is None else [Cron(cron, timezone="UTC", active=_schedule_active(spec, cron))]
     deployment = RunnerDeployment.from_entrypoint(
-        str(REPO_ROOT / spec.entrypoint), name=spec.name, schedules=schedules, description=spec.description,
-        tags=list(spec.tags), work_pool_name=spec.work_pool(settings), job_variables=dict(spec.job_variables),
-        triggers=list(triggers(spec)),
+        str(REPO_ROOT / spec.entrypoint), name=spec.name, schedules=_schedules(spec, settings),
+        description=spec.description, tags=list(spec.tags), work_pool_name=spec.work_pool(settings),
+        job_variables=dict(spec.job_variables), triggers=list(triggers(spec)),
     )
     # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
     deployment.entrypoint = spec.entrypoint

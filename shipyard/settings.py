@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     local_pipeline_cron: str = Field(
         default="0 3 * * *",
         pattern=r"^\S+( \S+){4}$",
-        description="Cron (UTC) of the local pipeline deployment's schedule; 'shipyard up' creates it paused "
-        "and 'shipyard schedule resume' turns it on.",
+        description="Cron (UTC) that 'shipyard up' creates the local pipeline deployment's schedule with, "
+        "paused; 'shipyard schedule set|pause|resume' change it from then on.",
     )
 
     def resolved_store_uri(self) -> str:

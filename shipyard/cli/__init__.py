@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from shipyard import __version__
 from shipyard.errors import ShipyardError
 
-COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data"]
+COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", "shipyard.cli.schedule"]
 
 Handler = Callable[[argparse.Namespace], int]
 
