@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     )
     prefect_api_url: str | None = Field(
         default=None,
-        description="Prefect API URL. Default: the local server from 'shipyard up' if reachable, "
-        "else an ephemeral one.",
+        description="Prefect API URL. Default: the local server on SHIPYARD_PREFECT_PORT, which 'shipyard up', "
+        "'run' and 'demo' start if it is not running and keep running ('shipyard down' stops it).",
     )
     train_mode: TrainMode = Field(
         default=TrainMode.local,
