@@ -31,6 +31,7 @@ from shipyard.params import TrainParams
 FIRST_TARGET = 1.2  # fresh `shipyard run` / plain script
 CACHED_TARGET = 5.0  # seconds for a fully cached rerun
 SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
+REPO = Path(__file__).resolve().parent.parent  # the plain contender runs `-m bench.pipeline_overhead` from elsewhere
 
 
 def plain_script(home: Path, training: TrainParams) -> str:
@@ -68,7 +69,7 @@ def _env(home: Path) -> dict[str, str]:
     ports = {name: str(_free_port()) for name in
              ("SHIPYARD_INFERENCE_PORT", "SHIPYARD_PREFECT_PORT", "SHIPYARD_MLFLOW_UI_PORT")}
     return {**os.environ, "SHIPYARD_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "DO_NOT_TRACK": "true", **ports}
+            "DO_NOT_TRACK": "true", "PYTHONPATH": str(REPO), **ports}
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
