@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url
+from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url, use_prefect_api
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.settings import Settings, load_settings, redact
@@ -92,13 +92,15 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
 
 def _execute(params: dict[str, Any]) -> int:
     settings = load_settings()
-    started = start_local_prefect(settings)  # boots while the checks below import MLflow and torch
+    _preflight(settings, params)  # bad input fails before anything is started or written
+    started = start_local_prefect(settings)
     if started is not None:
         print(f"Starting the local Prefect server at {ui_url(started.url, '')}; it keeps running, so the next run "
               "starts at once ('shipyard down' stops it)", flush=True)
-    _preflight(settings, params)
+    use_prefect_api(settings)  # Prefect reads PREFECT_API_URL at import: the import below overlaps the start
+    from flows.pipeline import pipeline_flow
+
     api_url = ready_prefect_api(settings)
-    from flows.pipeline import pipeline_flow  # imported late: Prefect reads PREFECT_API_URL at import
 
     print(f"Running stage -> train -> register -> roll out (Prefect: {api_url})", flush=True)
     state = pipeline_flow(**params, return_state=True)

@@ -55,16 +55,26 @@ def start_local_prefect(settings: Settings) -> processes.Service | None:
     return processes.spawn(settings.home, SERVICE, cmd, health_url=None, url=url, env=env)
 
 
+def use_prefect_api(settings: Settings) -> str:
+    """Point Prefect at the configured or local server without waiting for it; return its API URL.
+
+    Prefect reads PREFECT_API_URL when it is imported, so call this before the first ``import prefect``;
+    importing may then overlap the local server's start.
+    """
+    url = settings.prefect_api_url or local_prefect_url(settings)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
 def ready_prefect_api(settings: Settings) -> str:
     """Wait for the configured or local Prefect server, point Prefect at it and return its API URL."""
-    url = settings.prefect_api_url or local_prefect_url(settings)
-    starting = processes.find(settings.home, SERVICE)
+    url = use_prefect_api(settings)
     if settings.prefect_api_url is None:
+        starting = processes.find(settings.home, SERVICE)
         if starting is not None:
             processes.wait_ready(starting, f"{url}/health", STARTUP_TIMEOUT)
         elif not answers(f"{url}/health", timeout=5):
             raise ShipyardError(f"the local Prefect server at {url} does not answer (start it with 'shipyard up')")
-    os.environ["PREFECT_API_URL"] = url
     return url
 
 
