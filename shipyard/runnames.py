@@ -15,10 +15,17 @@ def _model(kind: type[Any], value: Any) -> Any:
     return value if isinstance(value, kind) else kind.model_validate(value or {})
 
 
+def _field(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
 def train_run_name(parameters: Mapping[str, Any]) -> str:
-    """Name a train-flow run from its parameters."""
+    """Name a train-flow run from its parameters: a dataset name and version, or one dataset reference."""
     training = _model(TrainParams, parameters.get("training"))
-    return f"train {parameters['dataset']}@{str(parameters['dataset_version'])[:SHORT_VERSION]} e{training.epochs}"
+    dataset = parameters["dataset"]
+    name = dataset if isinstance(dataset, str) else _field(dataset, "name")
+    version = parameters.get("dataset_version") or _field(dataset, "version") or "?"
+    return f"train {name}@{str(version)[:SHORT_VERSION]} e{training.epochs}"
 
 
 def pipeline_run_name(parameters: Mapping[str, Any]) -> str:

@@ -17,6 +17,8 @@ def test_train_run_name_shows_dataset_version_and_epochs() -> None:
         "train digits@a88ffecf e10"
     assert train_run_name({"dataset": "digits", "dataset_version": VERSION, "training": {"epochs": 3}}) == \
         "train digits@a88ffecf e3"
+    # A dataset reference (name + version in one parameter) names the run the same way.
+    assert train_run_name({"dataset": {"name": "digits", "version": VERSION}}) == "train digits@a88ffecf e10"
 
 
 def test_pipeline_run_name_shows_the_version_when_given_else_the_source() -> None:
