@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
 from deployments.apply import deploy_local
 from shipyard.cli import main
@@ -23,6 +24,11 @@ def test_schedule_commands_change_the_local_pipeline_schedule(
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)  # restored after the test; the CLI sets it too
     monkeypatch.setenv("SHIPYARD_LOCAL_PIPELINE_CRON", "15 1 * * *")
     settings = load_settings().model_copy(update={"local_work_pool": "schedule-test-local"})
+    with get_client(sync_client=True) as client:  # the session's server may hold one from another test
+        try:
+            client.delete_deployment(client.read_deployment_by_name("pipeline-flow/local").id)
+        except ObjectNotFound:
+            pass
     deploy_local(settings)
     assert _schedule() == ("15 1 * * *", False)  # created paused, cron from the setting
 
