@@ -8,11 +8,14 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.schedules import Cron, Schedule
 from prefect.workers.process import ProcessWorker
 
-from deployments import DeploymentSpec, for_environment
+from deployments import STAGED_BY, DeploymentSpec, for_environment
 from shipyard.errors import ConfigError
 from shipyard.settings import Settings, redact
 
@@ -34,10 +37,37 @@ def ensure_pool(name: str, pool_type: str, base_job_template: dict[str, Any]) ->
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
 
 
+def _schedules(spec: DeploymentSpec, settings: Settings) -> list[Schedule] | None:
+    """Create a row's schedule paused; once it exists, keep it as it is ('shipyard schedule' changes it)."""
+    cron = spec.schedule_cron(settings)
+    if cron is None:
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(spec.full_name).schedules
+        except ObjectNotFound:
+            existing = []
+    kept = [Cron(s.schedule.cron, timezone=s.schedule.timezone, active=s.active) for s in existing
+            if isinstance(s.schedule, CronSchedule)]
+    return kept or [Cron(cron, timezone="UTC", active=False)]
+
+
+def triggers(spec: DeploymentSpec) -> list[DeploymentEventTrigger]:
+    """Return the Prefect triggers of a row (at most one)."""
+    trigger = spec.trigger_spec()
+    if trigger is None:
+        return []
+    return [DeploymentEventTrigger(name=f"{spec.full_name} on {trigger.event}", description=trigger.description,
+                                   expect={trigger.event},
+                                   match={"prefect.resource.id": trigger.resource, STAGED_BY: trigger.staged_by},
+                                   parameters=trigger.parameters)]
+
+
 def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerDeployment:
     deployment = RunnerDeployment.from_entrypoint(
-        str(REPO_ROOT / spec.entrypoint), name=spec.environment, cron=spec.cron, description=spec.description,
-        tags=list(spec.tags), work_pool_name=spec.work_pool(settings), job_variables=dict(spec.job_variables),
+        str(REPO_ROOT / spec.entrypoint), name=spec.name, schedules=_schedules(spec, settings),
+        description=spec.description, tags=list(spec.tags), work_pool_name=spec.work_pool(settings),
+        job_variables=dict(spec.job_variables), triggers=list(triggers(spec)),
     )
     # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
     deployment.entrypoint = spec.entrypoint
@@ -87,6 +117,11 @@ def cluster_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cluster_job_variables(spec: DeploymentSpec, settings: Settings, env: dict[str, str]) -> dict[str, Any]:
+    """Return the job variables of a cluster row: the image, namespace and settings pods need, then the row's."""
+    return {"image": settings.image, "namespace": settings.kube_namespace, "env": env, **spec.job_variables}
+
+
 def deploy_cluster(settings: Settings) -> list[str]:
     """Create the Kubernetes work pools and the cluster deployments; return their names."""
     env = cluster_env(settings)  # refuses credentials before anything is created
@@ -95,8 +130,7 @@ def deploy_cluster(settings: Settings) -> list[str]:
         pool = spec.work_pool(settings)
         ensure_pool(pool, "kubernetes", _cluster_pool_template(spec))
         deployment = _deployment(spec, settings, IMAGE_WORKDIR)
-        deployment.job_variables = {"image": settings.image, "namespace": settings.kube_namespace,
-                                    "env": env, **deployment.job_variables}
+        deployment.job_variables = cluster_job_variables(spec, settings, env)
         deployment.apply()
         names.append(spec.full_name)
     return names

@@ -10,12 +10,17 @@ from flows.train import run_training
 from shipyard.params import DatasetParams, DatasetRef, RegisterParams, RolloutParams, TrainParams
 from shipyard.pipeline import PipelineResult
 from shipyard.rollout.base import ModelRef
+from shipyard.runnames import pipeline_run_name
 from tasks.register import await_approval, register_model
 from tasks.rollout import hold_champion, roll_out
 from tasks.stage import stage_dataset
 
 
-@flow
+def _run_name() -> str:
+    return pipeline_run_name(flow_run.parameters)
+
+
+@flow(flow_run_name=_run_name)
 def pipeline_flow(
     dataset: DatasetParams = DatasetParams(),  # noqa: B008 - frozen pydantic defaults are safe
     training: TrainParams = TrainParams(),  # noqa: B008

@@ -3,9 +3,11 @@
 # No `from __future__ import annotations` here: a runner or worker loads this file by path and builds the
 # parameter model from the annotations, which must then be real classes (TrainParams), not strings.
 from prefect import flow
+from prefect.runtime import flow_run
 
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
+from shipyard.runnames import train_run_name
 from shipyard.settings import TrainMode, load_settings
 from shipyard.training import TrainResult
 from tasks.multinode import train_across_nodes
@@ -15,7 +17,11 @@ from tasks.train import fit_model, launch_training
 TRAIN_DEPLOYMENT = "train-flow/cluster"
 
 
-@flow(log_prints=True)
+def _run_name() -> str:
+    return train_run_name(flow_run.parameters)
+
+
+@flow(log_prints=True, flow_run_name=_run_name)
 def train_flow(dataset: DatasetRef, training: TrainParams = TrainParams(), force: bool = False) -> TrainResult:  # noqa: B008
     """Train a model on one staged dataset version.
 

@@ -37,10 +37,10 @@ class DatasetParams(_Params):
     )
     version: str | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{4,16}$",
+        pattern=r"^(latest|[0-9a-f]{4,64})$",
         title="Staged version",
-        description="Train on this version, already staged (an id or a unique prefix of one), instead of "
-        "staging the source again.",
+        description="Use this already staged version (id, unique prefix or 'latest') instead of staging the "
+        "source; the new-data trigger sets it to the version just staged.",
     )
 
 

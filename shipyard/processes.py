@@ -205,6 +205,18 @@ def _start(home: Path, name: str, cmd: Sequence[str], health_url: str | None, ur
     return service
 
 
+def wait_ready(service: Service, health_url: str, timeout: float, error: type[ShipyardError] = ShipyardError) -> None:
+    """Wait until a service started without waiting (``spawn(health_url=None)``) answers ``health_url``."""
+    deadline = time.monotonic() + timeout
+    while not answers(health_url, timeout=1):
+        if not alive(service.pid):
+            raise error(f"{service.name} exited before answering {health_url} (see {service.log_path})")
+        if time.monotonic() > deadline:
+            raise error(f"{service.name} did not answer {health_url} within {timeout:.0f}s (see {service.log_path}; "
+                        "it keeps starting in the background: try again in a minute)")
+        time.sleep(0.2)
+
+
 def find(home: Path, name: str) -> Service | None:
     """Return the recorded service if its own process still runs (waits while it is being started or stopped)."""
     if not _record(home, name).exists():

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     )
     prefect_api_url: str | None = Field(
         default=None,
-        description="Prefect API URL. Default: the local server from 'shipyard up' if reachable, "
-        "else an ephemeral one.",
+        description="Prefect API URL. Default: the local server on SHIPYARD_PREFECT_PORT, which 'shipyard up', "
+        "'run' and 'demo' start if it is not running and keep running ('shipyard down' stops it).",
     )
     train_mode: TrainMode = Field(
         default=TrainMode.local,
@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     inference_progress_deadline_seconds: int = Field(
         default=600, ge=1,
         description="A Kubernetes rollout that makes no progress this long fails and is rolled back.",
+    )
+    # Schedules and events (deployments, 'shipyard schedule').
+    local_pipeline_cron: str = Field(
+        default="0 3 * * *",
+        pattern=r"^\S+( \S+){4}$",
+        description="Cron (UTC) that 'shipyard up' creates the local pipeline deployment's schedule with, "
+        "paused; 'shipyard schedule set|pause|resume' change it from then on.",
     )
 
     def resolved_store_uri(self) -> str:

@@ -15,7 +15,8 @@ from shipyard.datasets.demo import write_demo_source
 from shipyard.datasets.report import manifest_markdown, totals
 from shipyard.params import DatasetParams
 from shipyard.settings import load_settings
-from shipyard.storage import filesystem
+from shipyard.storage import Store, filesystem
+from tasks.events import emit_dataset_staged
 from tasks.retry import transient_only
 
 # Caching is content-addressed in the store itself (same bytes, same version), which survives
@@ -47,10 +48,12 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     settings = load_settings()
     store = filesystem(settings)
     store.check()
-    if dataset.version is not None:
-        version = datasets.resolve_version(store, dataset.name, dataset.version)
-        logger.info("using staged version %s of %s; not staging %s", version, dataset.name, dataset.source)
-        return datasets.load_manifest(store, dataset.name, version)
+    if dataset.version is not None:  # already staged (the new-data trigger): use exactly that version
+        manifest = datasets.load_manifest(store, dataset.name,
+                                          datasets.resolve_version(store, dataset.name, dataset.version))
+        logger.info("using staged dataset %s version %s (%s)", dataset.name, manifest.version, totals(manifest))
+        _publish_manifest(store, manifest)
+        return manifest
     source = dataset.source
     if source == "demo":
         source = str(write_demo_source(settings.home / "demo" / "digits").resolve())
@@ -62,10 +65,19 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     if result.created:
         logger.info("staged %s version %s (%s): %d objects, %d bytes uploaded", dataset.name, result.version,
                     totals(result.manifest), result.files_uploaded, result.bytes_uploaded)
+        emit_dataset_staged(store, result.manifest, "pipeline")
     else:
         logger.info("cache hit: dataset %s version %s already staged (0 bytes uploaded)", dataset.name, result.version)
-    key = "dataset-" + re.sub(r"[^a-z0-9-]", "-", dataset.name)  # artifact keys allow only [a-z0-9-]
-    create_markdown_artifact(manifest_markdown(result.manifest, store.url("datasets", dataset.name),
-                                               files=datasets.iter_files(store, result.manifest)),
-                             key=key, description=f"{dataset.name}@{result.version}")
+    _publish_manifest(store, result.manifest)
     return result.manifest
+
+
+def artifact_key(dataset: str) -> str:
+    """Return the stable key of a dataset's manifest artifact (keys allow only [a-z0-9-])."""
+    return "dataset-" + re.sub(r"[^a-z0-9-]", "-", dataset)
+
+
+def _publish_manifest(store: Store, manifest: datasets.Manifest) -> None:
+    create_markdown_artifact(manifest_markdown(manifest, store.url("datasets", manifest.dataset),
+                                               files=datasets.iter_files(store, manifest)),
+                             key=artifact_key(manifest.dataset), description=f"{manifest.dataset}@{manifest.version}")

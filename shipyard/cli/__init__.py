@@ -15,7 +15,7 @@ from shipyard import __version__
 from shipyard.errors import ShipyardError
 
 COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", "shipyard.cli.models",
-            "shipyard.cli.rollout"]
+            "shipyard.cli.rollout", "shipyard.cli.schedule"]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard import datasets
+from shipyard.cli.events import announce_staged
 from shipyard.datasets.gc import Collector
 from shipyard.datasets.report import diff_lines, human_size, totals
 from shipyard.datasets.stage import Progress as StageProgressCallback
@@ -114,6 +115,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     state = "staged" if result.created else "already staged"
     print(f"{args.name}@{result.version} {state}: {totals(result.manifest)}; "
           f"uploaded {result.files_uploaded} objects, {human_size(result.bytes_uploaded)}")
+    if result.created and (api_url := announce_staged(settings, store, result.manifest)):
+        print(f"announced {args.name}@{result.version} to Prefect at {api_url} (new-data deployments retrain on it)")
     return 0
 
 

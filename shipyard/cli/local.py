@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from shipyard import processes
-from shipyard.cli.runtime import choose_prefect_api, local_prefect_url
+from shipyard.cli.runtime import choose_prefect_api, ready_prefect_api, start_local_prefect
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.settings import Settings, load_settings, redact, settings_table
 
@@ -39,18 +38,14 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def _start_prefect(settings: Settings) -> processes.Service:
-    url = local_prefect_url(settings)
-    found = processes.find(settings.home, "prefect-server")
-    if found or processes.answers(f"{url}/health"):
-        print(f"Prefect server already running at {url.removesuffix('/api')}")
-        return found or processes.Service(name="prefect-server", pid=0, url=url, log_path="")
-    print("Starting the Prefect server (10-20 s) ...", flush=True)
-    env = {"PREFECT_HOME": str((settings.home / "prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": url}
-    cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
-    return processes.spawn(settings.home, "prefect-server", cmd, health_url=f"{url}/health", url=url, env=env,
-                           timeout=180)
+def _start_prefect(settings: Settings) -> str:
+    started = start_local_prefect(settings)
+    if started is not None:
+        print("Starting the Prefect server (10-40 s) ...", flush=True)
+    api_url = ready_prefect_api(settings)
+    if started is None:
+        print(f"Prefect server already running at {api_url.removesuffix('/api')}")
+    return api_url
 
 
 def _start_mlflow_ui(settings: Settings) -> None:
@@ -76,9 +71,7 @@ def _start_worker(settings: Settings, api_url: str) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the local services and create the deployments."""
     settings = load_settings()
-    prefect = _start_prefect(settings)
-    api_url = str(prefect.url)
-    os.environ["PREFECT_API_URL"] = api_url  # read by Prefect's client below, imported late on purpose
+    api_url = _start_prefect(settings)  # sets PREFECT_API_URL, read by Prefect's client imported below
     from deployments.apply import deploy_local
 
     names = deploy_local(settings)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from shipyard.cli.runtime import choose_prefect_api, ui_url
+from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url, use_prefect_api
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.settings import Settings, load_settings, redact
@@ -108,11 +108,17 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
 
 def _execute(params: dict[str, Any]) -> int:
     settings = load_settings()
-    _preflight(settings, params)
-    api_url = choose_prefect_api(settings)
-    from flows.pipeline import pipeline_flow  # imported late: Prefect reads PREFECT_API_URL at import
+    _preflight(settings, params)  # bad input fails before anything is started or written
+    started = start_local_prefect(settings)
+    if started is not None:
+        print(f"Starting the local Prefect server at {ui_url(started.url, '')}; it keeps running, so the next run "
+              "starts at once ('shipyard down' stops it)", flush=True)
+    use_prefect_api(settings)  # Prefect reads PREFECT_API_URL at import: the import below overlaps the start
+    from flows.pipeline import pipeline_flow
 
-    print(f"Running stage -> train -> register -> roll out (Prefect: {api_url or 'ephemeral server'})", flush=True)
+    api_url = ready_prefect_api(settings)
+
+    print(f"Running stage -> train -> register -> roll out (Prefect: {api_url})", flush=True)
     state = pipeline_flow(**params, return_state=True)
     if not state.is_completed():
         raise _failure(state)
@@ -154,7 +160,8 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
     lines += [f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
               f"Prefect run: {result.flow_run_id}{flow_link}"]
     if settings.is_local_mlflow():
-        lines.append("UIs:         'shipyard up' starts the Prefect and MLflow UIs; 'shipyard down' stops everything")
+        lines.append("UIs:         the Prefect server keeps running for the next run; 'shipyard up' adds the MLflow UI "
+                     "and a worker; 'shipyard down' stops everything")
     print("\n".join(lines), flush=True)
 
 

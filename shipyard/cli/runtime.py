@@ -1,11 +1,24 @@
-"""Choose the Prefect API before Prefect is imported: a configured URL, the local server, or ephemeral."""
+"""Choose the Prefect API before Prefect is imported: a configured URL, or the local server, started if need be.
+
+Commands that run flows keep the local Prefect server they start (as 'shipyard up' does): the next run then
+starts at once instead of paying 10-40 s for a temporary server. 'shipyard down' stops it.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+from shipyard import processes
+from shipyard.errors import ShipyardError
 from shipyard.processes import answers
 from shipyard.settings import Settings
+
+# Prefect's own wait for a temporary server (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 20 s) is too
+# short for a first start on a busy machine; ours waits longer and fails with one line.
+STARTUP_TIMEOUT = 300.0
+SERVICE = "prefect-server"
 
 
 def local_prefect_url(settings: Settings) -> str:
@@ -23,6 +36,45 @@ def choose_prefect_api(settings: Settings) -> str | None:
         url = local_prefect_url(settings)
     if url is not None:
         os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def start_local_prefect(settings: Settings) -> processes.Service | None:
+    """Start the local Prefect server in the background unless a server is configured or already there.
+
+    Returns the service when this call started it. It does not wait: call ``ready_prefect_api`` when
+    Prefect is first needed, so the server boots while the command imports and checks everything else.
+    """
+    url = local_prefect_url(settings)
+    if settings.prefect_api_url is not None or processes.find(settings.home, SERVICE) or answers(f"{url}/health"):
+        return None
+    env = {"PREFECT_HOME": str((settings.home / "prefect").resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": url}  # the UI must call this server's API, on this port
+    cmd = [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+           "--port", str(settings.prefect_port)]
+    return processes.spawn(settings.home, SERVICE, cmd, health_url=None, url=url, env=env)
+
+
+def use_prefect_api(settings: Settings) -> str:
+    """Point Prefect at the configured or local server without waiting for it; return its API URL.
+
+    Prefect reads PREFECT_API_URL when it is imported, so call this before the first ``import prefect``;
+    importing may then overlap the local server's start.
+    """
+    url = settings.prefect_api_url or local_prefect_url(settings)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def ready_prefect_api(settings: Settings) -> str:
+    """Wait for the configured or local Prefect server, point Prefect at it and return its API URL."""
+    url = use_prefect_api(settings)
+    if settings.prefect_api_url is None:
+        starting = processes.find(settings.home, SERVICE)
+        if starting is not None:
+            processes.wait_ready(starting, f"{url}/health", STARTUP_TIMEOUT)
+        elif not answers(f"{url}/health", timeout=5):
+            raise ShipyardError(f"the local Prefect server at {url} does not answer (start it with 'shipyard up')")
     return url
 
 

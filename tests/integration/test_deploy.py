@@ -31,7 +31,10 @@ def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) ->
         assert pipeline.work_pool_name == "deploy-cpu"
         assert pipeline.job_variables["service_account_name"] == "prefect-worker"
         assert pipeline.job_variables["env"]["SHIPYARD_TRAIN_MODE"] == "cluster"
-        assert [s.schedule.cron for s in pipeline.schedules] == ["0 2 * * *"]
+        # The nightly schedule is created paused: nothing runs on the cluster until the user turns it on.
+        assert [(s.schedule.cron, s.active) for s in pipeline.schedules] == [("0 2 * * *", False)]
+        triggered = client.read_deployment_by_name("pipeline-flow/cluster-new-data")
+        assert triggered.job_variables["env"]["SHIPYARD_TRAIN_MODE"] == "cluster" and not triggered.schedules
 
 
 def test_a_mistyped_job_variable_is_rejected_by_the_train_pool(prefect_api: str) -> None:

@@ -40,6 +40,8 @@ def _shipyard(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
 def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int], tmp_path: Path) -> None:
     done = _shipyard("demo")
     assert done.returncode == 0, done.stderr[-3000:]
+    prefect_url = f"http://127.0.0.1:{local_ports['SHIPYARD_PREFECT_PORT']}"
+    assert f"Starting the local Prefect server at {prefect_url}/; it keeps running" in done.stdout
     endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
     assert f"Endpoint:    {endpoint}/invocations" in done.stdout
     assert re.search(r"MLflow run:  [0-9a-f]{32}", done.stdout)
@@ -53,6 +55,9 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
 
     rerun = _shipyard("demo")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The rerun uses the server the first run left running: no server start, a link into its UI.
+    assert "Starting the local Prefect server" not in rerun.stdout
+    assert f"({prefect_url}/runs/flow-run/" in rerun.stdout
     combined = rerun.stdout + rerun.stderr
     assert "cache hit: dataset digits" in combined and "cache hit: training" in combined
     assert "version 1 (champion)" in rerun.stdout
