@@ -27,7 +27,8 @@ from shipyard.settings import Settings, load_settings
 from shipyard.storage import Store, filesystem
 
 __all__ = ["Comparison", "DeploymentRun", "ModelVersion", "compare", "list_datasets", "list_versions",
-           "load_champion", "load_dataframe", "model_versions", "run_pipeline", "show_version", "training_runs"]
+           "load_champion", "load_dataframe", "model_versions", "run_pipeline", "show_version", "training_runs",
+           "version_files"]
 
 
 class DeploymentRun(BaseModel):
@@ -120,6 +121,12 @@ def show_version(name: str, version: str = "latest") -> datasets.Manifest:
     return datasets.load_manifest(store, name, datasets.resolve_version(store, name, version))
 
 
+def version_files(name: str, version: str = "latest") -> list[datasets.FileEntry]:
+    """Return one version's files (path, format, rows, size, hash), read from its manifest's shards."""
+    _, store = _store()
+    return list(datasets.iter_files(store, show_version(name, version)))
+
+
 def load_dataframe(name: str, version: str = "latest") -> Any:
     """Pull a version into the local cache (verified) and return its Parquet and CSV rows as one DataFrame."""
     import pandas as pd
@@ -128,7 +135,8 @@ def load_dataframe(name: str, version: str = "latest") -> Any:
     manifest = show_version(name, version)
     directory = datasets.pull(store, name, manifest.version, settings.home / "cache" / "datasets")
     readers = {"parquet": pd.read_parquet, "csv": pd.read_csv}
-    tables = [readers[f.format](directory / f.path) for f in manifest.files if f.format in readers]
+    tables = [readers[f.format](directory / f.path) for f in datasets.iter_files(store, manifest)
+              if f.format in readers]
     if not tables:
         raise DatasetError(f"dataset {name}@{manifest.version} has no Parquet or CSV files to load as a DataFrame")
     return pd.concat(tables, ignore_index=True)

@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
@@ -99,8 +100,10 @@ def test_several_nodes_train_through_an_indexed_job_and_publish_nodes_and_per_ra
     thread.join(timeout=60)
     assert done and done[0].nodes == 2
     with get_client(sync_client=True) as client:
-        curves = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-curves"])),
-                                       limit=1)
+        # Only this test's train-flow run: other tests publish training-curves artifacts on the same server.
+        curves = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["training-curves"]), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+    assert len(curves) == 1
     text = str(curves[0].data)
     assert "on NVIDIA H100 80GB HBM3 (2 nodes, world size 4)" in text
     assert "4,000 samples/s; per rank: 0: 1,010, 1: 990, 2: 1,000, 3: 1,000" in text

@@ -22,6 +22,7 @@ import torch
 from shipyard.datasets.demo import write_demo_source
 from shipyard.errors import StoreError
 from shipyard.params import TrainParams
+from shipyard.refs import DatasetRef
 from shipyard.settings import Settings, load_settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, cached_result, train, training_key
@@ -35,6 +36,8 @@ from tests.training_recipes import Curriculum
 EVICTED = TrainParams(entrypoint="tests.training_recipes:curriculum_sigterm", epochs=3, hidden_units=16,
                       checkpoint_every_steps=1)
 STRAIGHT = EVICTED.model_copy(update={"entrypoint": "tests.training_recipes:curriculum"})
+
+REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 
 class Evicted(Exception):
@@ -94,16 +97,16 @@ def test_at_a_10_percent_fault_rate_checkpoints_and_results_are_byte_identical(
         s3: S3, digits: Path, sigterm_raises: None) -> None:
     healthy = filesystem(Settings(store_uri=f"s3://{s3.bucket}/healthy"))  # the same run without faults
     with pytest.raises(Evicted):
-        train(healthy, "digits", "v1", EVICTED, digits)
+        train(healthy, REF, EVICTED, digits)
     Curriculum.armed = True
-    baseline = train(healthy, "digits", "v1", EVICTED, digits)
+    baseline = train(healthy, REF, EVICTED, digits)
 
     with FaultProxy(s3.endpoint) as proxy:
         proxy.randomly(0.10, seed=13)
         store = _through(proxy)
         with pytest.raises(Evicted):
-            train(store, "digits", "v1", EVICTED, digits)
-        resumed = train(store, "digits", "v1", EVICTED, digits)  # reads the checkpoints back through the faults
+            train(store, REF, EVICTED, digits)
+        resumed = train(store, REF, EVICTED, digits)  # reads the checkpoints back through the faults
         faults = proxy.injected
         requests = len(proxy.events)
     print(f"\n{faults} faults injected in {requests} requests")
@@ -125,7 +128,7 @@ def test_at_a_100_percent_fault_rate_training_fails_in_one_line_and_publishes_no
     with FaultProxy(s3.endpoint) as proxy:
         proxy.randomly(1.0, faults=("503-slowdown", "500", "reset"), seed=13)
         with pytest.raises(StoreError) as caught:
-            train(_through(proxy), "digits", "v1", STRAIGHT, digits)
+            train(_through(proxy), REF, STRAIGHT, digits)
     message = str(caught.value)
     print(f"\n{message}")
     assert "\n" not in message and "s3://shipyard-test/store" in message and "SHIPYARD_STORE_URI" in message
@@ -139,11 +142,11 @@ def test_when_every_write_fails_no_checkpoint_weights_or_result_is_published(s3:
         for method in ("PUT", "POST"):  # reads pass: training runs until its first checkpoint
             proxy.inject("503-slowdown", method, times=10_000)
         with pytest.raises(StoreError) as caught:
-            train(_through(proxy), "digits", "v1", STRAIGHT, digits)
+            train(_through(proxy), REF, STRAIGHT, digits)
     message = str(caught.value)
     print(f"\n{message}")
     assert "\n" not in message and "reduce your request rate" in message
     assert "at s3://shipyard-test/store/training/" in message  # names the object it could not write
     assert s3.keys() == []
-    key = training_key("digits", "v1", STRAIGHT)
+    key = training_key(REF, STRAIGHT)
     assert latest(filesystem(load_settings()), checkpoint_prefix(key)) is None

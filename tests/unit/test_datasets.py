@@ -264,9 +264,14 @@ def test_cli_errors_are_one_line_naming_the_problem(tmp_path: Path, monkeypatch:
     assert "dataset name 'Bad Name' is invalid" in lines[2]
 
 
-def test_object_store_sends_where_botocore_would_with_the_chains_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_object_store_sends_where_botocore_would_with_the_chains_credentials(
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    from shipyard import storage
     from shipyard.datasets.s3objects import object_store
 
+    # The process's one boto3 session resolves credentials once; start from none, and leave none behind.
+    storage._boto_session.cache_clear()
+    request.addfinalizer(storage._boto_session.cache_clear)
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")
