@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import torch
@@ -116,3 +119,22 @@ def curriculum(params: TrainParams) -> Curriculum:
 def curriculum_sigterm(params: TrainParams) -> CurriculumSigterm:
     """Entrypoint of the curriculum recipe that evicts itself once."""
     return CurriculumSigterm(params)
+
+
+class Evicted(Exception):
+    """What a test's SIGTERM handler raises, as Prefect's engine bridge raises TerminationSignal."""
+
+
+@contextmanager
+def evicting(*recipes: Any) -> Iterator[None]:
+    """Make SIGTERM raise :class:`Evicted` and arm ``recipes`` (their ``armed`` flag) to send it mid-training."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Evicted("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    for recipe in recipes:
+        recipe.armed = True
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 import torch
@@ -30,7 +28,7 @@ from shipyard.training.checkpoint import latest
 from shipyard.training.trainer import checkpoint_prefix
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import S3
-from tests.training_recipes import Curriculum
+from tests.training_recipes import Curriculum, Evicted, evicting
 
 # Evicted by SIGTERM in step 30 and resumed; a checkpoint after every step, so the faults meet many writes.
 EVICTED = TrainParams(entrypoint="tests.training_recipes:curriculum_sigterm", epochs=3, hidden_units=16,
@@ -40,10 +38,6 @@ STRAIGHT = EVICTED.model_copy(update={"entrypoint": "tests.training_recipes:curr
 REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 
-class Evicted(Exception):
-    """What the test's SIGTERM handler raises, as Prefect's engine bridge raises TerminationSignal."""
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demo_source(tmp_path_factory.mktemp("source") / "digits")
@@ -51,13 +45,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Evicted("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    Curriculum.armed = True
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    with evicting(Curriculum):
+        yield
 
 
 def _through(proxy: FaultProxy) -> Store:
@@ -74,7 +63,7 @@ def _comparable(result: TrainResult | None) -> dict[str, object]:
     data = json.loads(result.model_dump_json())
     for entry in data["history"]:
         entry.pop("seconds")
-    for field in ("samples_per_second", "model_url"):
+    for field in ("samples_per_second", "rank_samples_per_second", "model_url"):
         data.pop(field)
     return data
 

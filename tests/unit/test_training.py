@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ from shipyard.training.checkpoint import latest
 from shipyard.training.curves import curves_png
 from shipyard.training.distributed import processes_for, torchrun_command
 from shipyard.training.trainer import checkpoint_prefix
-from tests.training_recipes import SigtermAtStep
+from tests.training_recipes import Evicted, SigtermAtStep, evicting
 
 REF = DatasetRef(name="digits", version="0123456789abcdef")
 
@@ -41,19 +39,10 @@ def store(tmp_path: Path) -> Store:
     return filesystem(Settings(store_uri=str(tmp_path / "store")))
 
 
-class Evicted(Exception):
-    """What the test's SIGTERM handler raises, as Prefect's engine bridge raises TerminationSignal."""
-
-
 @pytest.fixture
 def sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Evicted("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    SigtermAtStep.armed = True
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    with evicting(SigtermAtStep):
+        yield
 
 
 def _weights(store: Store, params: TrainParams) -> dict[str, torch.Tensor]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import signal
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 import torch
@@ -19,11 +17,7 @@ from shipyard.storage import Store, filesystem
 from shipyard.training import TrainResult, train
 from shipyard.training.checkpoint import latest
 from shipyard.training.trainer import checkpoint_prefix
-from tests.training_recipes import Curriculum
-
-
-class Evicted(Exception):
-    """What the test's SIGTERM handler raises, as Prefect's engine bridge raises TerminationSignal."""
+from tests.training_recipes import Curriculum, Evicted, evicting
 
 REF = DatasetRef(name="digits", version="0123456789abcdef")
 
@@ -35,13 +29,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Evicted("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    Curriculum.armed = True
-    yield
-    signal.signal(signal.SIGTERM, previous)
+    with evicting(Curriculum):
+        yield
 
 
 def _weights(store: Store, result: TrainResult) -> dict[str, torch.Tensor]:
