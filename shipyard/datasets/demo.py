@@ -12,11 +12,11 @@ SHARDS = 4
 
 def write_demo_source(directory: Path) -> Path:
     """Write the digits data set as Parquet shards into ``directory`` (once) and return it."""
+    if directory.exists():  # checked before importing pandas and scikit-learn: ~1.8 s of every cached run
+        return directory
     import pandas as pd
     from sklearn.datasets import load_digits
 
-    if directory.exists():
-        return directory
     tmp = directory.with_name(directory.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     digits = load_digits()
