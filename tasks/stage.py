@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from shipyard import datasets
-from shipyard.datasets.demo import write_demo_source
+from shipyard.datasets.demo import resolve_source
 from shipyard.datasets.report import manifest_markdown, totals
 from shipyard.params import DatasetParams
 from shipyard.settings import load_settings
@@ -49,14 +49,11 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     store = filesystem(settings)
     store.check()
     if dataset.version is not None:  # already staged (the new-data trigger): use exactly that version
-        manifest = datasets.load_manifest(store, dataset.name,
-                                          datasets.resolve_version(store, dataset.name, dataset.version))
+        manifest = datasets.load_staged(store, dataset.name, dataset.version)
         logger.info("using staged dataset %s version %s (%s)", dataset.name, manifest.version, totals(manifest))
         _publish_manifest(store, manifest)
         return manifest
-    source = dataset.source
-    if source == "demo":
-        source = str(write_demo_source(settings.home / "demo" / "digits").resolve())
+    source = resolve_source(dataset.source, settings.home)
     artifact = create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}")
     progress = _ProgressArtifact(artifact if isinstance(artifact, UUID) else None)
     result = datasets.stage(store, dataset.name, source, progress=progress,

@@ -24,20 +24,10 @@ from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.settings import Settings, load_settings
 from shipyard.storage import Store, filesystem
-from shipyard.training import (
-    EpochMetrics,
-    TrainingPlan,
-    TrainResult,
-    cached_result,
-    load_recipe,
-    plan_training,
-    resolve_params,
-    train,
-    training_key,
-)
+from shipyard.training import TrainingPlan, TrainResult, load_recipe, plan_training, resolve_params
 from shipyard.training.curves import curves_png
-from shipyard.training.distributed import processes_for, visible_gpus
-from shipyard.training.launch import run_workers
+from shipyard.training.launch import train_on_this_node
+from shipyard.training.trainer import launched_result
 from tasks.retry import transient_only
 
 # How often the pipeline looks at the training run it launched (and at the training pod's scheduling).
@@ -62,20 +52,7 @@ def fit_model(dataset: DatasetRef, params: TrainParams, force: bool = False) -> 
         return plan.cached
     load_recipe(params.entrypoint, params)  # a bad entrypoint fails here, before any data moves
     data_dir = datasets.pull(store, dataset.name, dataset.version, settings.home / "cache" / "datasets")
-    nproc = processes_for(visible_gpus())
-    if nproc > 1:
-        run_workers(nproc, dataset.name, dataset.version, params, data_dir, on_line=logger.info, key=plan.key)
-        result = cached_result(store, plan.key)
-        if result is None:
-            where = store.url("training", plan.key)
-            raise TrainingError(f"training workers finished but wrote no result under {where}")
-    else:
-        def on_epoch(entry: EpochMetrics) -> None:
-            shown = " ".join(f"{k}={v:.4f}" for k, v in entry.metrics.items())
-            logger.info("epoch %d/%d train_loss=%.4f %s (%.2fs)", entry.epoch, params.epochs, entry.train_loss,
-                        shown, entry.seconds)
-
-        result = train(store, dataset, params, data_dir, on_epoch=on_epoch, key=plan.key)
+    result = train_on_this_node(store, dataset, params, data_dir, plan.key, on_line=logger.info)
     _publish(result)
     return result
 
@@ -126,12 +103,7 @@ def launch_training(dataset: DatasetRef, params: TrainParams, deployment: str, f
     final = _wait_for(child.id, UUID(str(parent)) if parent else None, _scheduling_watch(settings, child.id, logger))
     if not final.is_completed():
         raise TrainingError(f"training run '{child.name}' of {deployment} ended {final.name}: {final.message}")
-    # A forced child trains under a key salted with its own run id (see fit_model).
-    key = training_key(dataset, params, plan.code.hash, salt=str(child.id)) if force else plan.key
-    result = cached_result(store, key)
-    if result is None:
-        raise TrainingError(f"training run '{child.name}' completed but {store.url('training', key)} has no result")
-    return result
+    return launched_result(store, plan, dataset, params, str(child.id), force, child.name)
 
 
 def _scheduling_watch(settings: Settings, child_id: UUID, logger: Any) -> kube.SchedulingWatch | None:

@@ -16,7 +16,29 @@ from shipyard.datasets.manifest import FileEntry, Manifest
 from shipyard.datasets.pull import pull
 from shipyard.datasets.stage import StageProgress, StageResult, stage
 from shipyard.datasets.transfer import StageOptions
-from shipyard.datasets.versions import iter_files, list_datasets, list_versions, load_manifest, resolve_version
+from shipyard.datasets.versions import (
+    iter_files,
+    list_datasets,
+    list_versions,
+    load_manifest,
+    load_staged,
+    resolve_version,
+)
 
-__all__ = ["DatasetDiff", "FileEntry", "Manifest", "StageOptions", "StageProgress", "StageResult", "diff",
-           "iter_files", "list_datasets", "list_versions", "load_manifest", "pull", "resolve_version", "stage"]
+__all__ = [
+    "DatasetDiff",
+    "FileEntry",
+    "Manifest",
+    "StageOptions",
+    "StageProgress",
+    "StageResult",
+    "diff",
+    "iter_files",
+    "list_datasets",
+    "list_versions",
+    "load_manifest",
+    "load_staged",
+    "pull",
+    "resolve_version",
+    "stage",
+]

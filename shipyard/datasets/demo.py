@@ -29,3 +29,10 @@ def write_demo_source(directory: Path) -> Path:
     tmp.rename(directory)  # atomic: a half-written demo source is never seen as complete
     log.info("wrote demo digits (%d rows) to %s", len(frame), directory)
     return directory
+
+
+def resolve_source(source: str, home: Path) -> str:
+    """Return the source to stage: 'demo' becomes the bundled digits written once under ``home``."""
+    if source != "demo":
+        return source
+    return str(write_demo_source(home / "demo" / "digits").resolve())

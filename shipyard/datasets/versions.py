@@ -77,3 +77,8 @@ def latest(store: Store, name: str) -> Manifest | None:
     """Return the newest version of ``name``, or None if it has none."""
     versions = list_versions(store, name)
     return versions[-1] if versions else None
+
+
+def load_staged(store: Store, name: str, ref: str) -> Manifest:
+    """Return the manifest of an already staged version given as 'latest', a full id or a unique prefix."""
+    return load_manifest(store, name, resolve_version(store, name, ref))

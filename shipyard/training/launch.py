@@ -11,8 +11,12 @@ from pathlib import Path
 
 from shipyard.errors import TrainingError
 from shipyard.params import TrainParams
-from shipyard.training.distributed import torchrun_command
+from shipyard.refs import DatasetRef
+from shipyard.storage import Store
+from shipyard.training.distributed import processes_for, torchrun_command, visible_gpus
+from shipyard.training.loop import EpochMetrics
 from shipyard.training.preemption import PreemptionGuard
+from shipyard.training.trainer import TrainResult, cached_result, train
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +46,23 @@ def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, dat
         if code != 0:
             shown = next((t for t in reversed(tail) if t.startswith("error:")), tail[-1] if tail else "")
             raise TrainingError(f"{nproc} training workers exited with code {code}: {shown}")
+
+
+def train_on_this_node(store: Store, dataset: DatasetRef, params: TrainParams, data_dir: Path, key: str,
+                       on_line: Callable[[str], None] = log.info) -> TrainResult:
+    """Train under ``key`` with one torchrun worker per visible GPU, or in this process; return the result."""
+    nproc = processes_for(visible_gpus())
+    if nproc <= 1:
+        return train(store, dataset, params, data_dir, on_epoch=lambda e: on_line(epoch_line(e, params.epochs)),
+                     key=key)
+    run_workers(nproc, dataset.name, dataset.version, params, data_dir, on_line=on_line, key=key)
+    result = cached_result(store, key)
+    if result is None:
+        raise TrainingError(f"training workers finished but wrote no result under {store.url('training', key)}")
+    return result
+
+
+def epoch_line(entry: EpochMetrics, epochs: int) -> str:
+    """Return the log line of one finished epoch."""
+    shown = " ".join(f"{k}={v:.4f}" for k, v in entry.metrics.items())
+    return f"epoch {entry.epoch}/{epochs} train_loss={entry.train_loss:.4f} {shown} ({entry.seconds:.2f}s)"

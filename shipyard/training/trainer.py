@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, Field
 
 import shipyard
+from shipyard.errors import TrainingError
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.storage import Store
@@ -79,6 +80,16 @@ class TrainingPlan(BaseModel):
     code: RecipeCode
     cached: TrainResult | None
     reason: str
+
+
+def launched_result(store: Store, plan: TrainingPlan, dataset: DatasetRef, params: TrainParams, run_id: str,
+                    force: bool, run_name: str) -> TrainResult:
+    """Return what a launched training run wrote; a forced run trains under a key salted with its own run id."""
+    key = training_key(dataset, params, plan.code.hash, salt=run_id) if force else plan.key
+    result = cached_result(store, key)
+    if result is None:
+        raise TrainingError(f"training run '{run_name}' completed but {store.url('training', key)} has no result")
+    return result
 
 
 def resolve_params(params: TrainParams) -> TrainParams:
