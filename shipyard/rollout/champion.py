@@ -9,11 +9,10 @@ import logging
 from typing import Any
 
 from shipyard.errors import RegistryError
+from shipyard.registry.aliases import CHAMPION
 from shipyard.rollout.base import ModelRef
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
 
 
 def champion_version(client: Any, model_name: str) -> str | None:
