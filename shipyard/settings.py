@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         description="Artifact store as an fsspec URI (s3://bucket/prefix or a local path). "
         "Default: <home>/store. For S3-compatible servers set the standard AWS_ENDPOINT_URL_S3.",
     )
+    store_max_attempts: int = Field(
+        default=8, ge=1, le=20,
+        description="Attempts per S3 request: botocore's standard retry mode (exponential backoff up to 20 s), "
+        "inside s3fs's own retry loop of at most 5 tries. A store that is down fails a write after minutes, "
+        "which a long training survives; 1 fails at the first error (within seconds).",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (http://host:5000 for a server). Default: SQLite at <home>/mlflow.db.",

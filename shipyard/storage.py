@@ -236,10 +236,12 @@ def filesystem(settings: Settings, **storage_options: Any) -> Store:
     if not rest.split("/", 1)[0]:
         raise ConfigError(f"{SETTING}={uri}: no bucket named (use s3://bucket/prefix)")
     # botocore retries throttling, 5xx and connection errors with backoff before s3fs sees them.
+    attempts = settings.store_max_attempts
     options: dict[str, Any] = {"skip_instance_cache": True, "session": _aio_session(),
-                               "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
+                               "config_kwargs": {"retries": {"max_attempts": attempts, "mode": "standard"}}}
     options.update(storage_options)
     fs = fsspec.filesystem("s3", **options)
+    fs.retries = min(fs.retries, attempts)  # s3fs's own loop around botocore's (5 tries by default)
     return Store(fs=fs, root=rest.rstrip("/"), uri=f"s3://{rest.rstrip('/')}")
 
 

@@ -44,6 +44,12 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One attempt per S3 request: a store that always fails fails in seconds, not minutes (the default is 8)."""
+    monkeypatch.setenv("SHIPYARD_STORE_MAX_ATTEMPTS", "1")
+
+
+@pytest.fixture
 def sigterm_raises() -> Iterator[None]:
     with evicting(Curriculum):
         yield
@@ -113,7 +119,7 @@ def test_at_a_10_percent_fault_rate_checkpoints_and_results_are_byte_identical(
 
 @pytest.mark.drill
 def test_at_a_100_percent_fault_rate_training_fails_in_one_line_and_publishes_nothing(
-        s3: S3, digits: Path) -> None:
+        s3: S3, digits: Path, fail_fast: None) -> None:
     with FaultProxy(s3.endpoint) as proxy:
         proxy.randomly(1.0, faults=("503-slowdown", "500", "reset"), seed=13)
         with pytest.raises(StoreError) as caught:
@@ -126,7 +132,8 @@ def test_at_a_100_percent_fault_rate_training_fails_in_one_line_and_publishes_no
 
 
 @pytest.mark.drill
-def test_when_every_write_fails_no_checkpoint_weights_or_result_is_published(s3: S3, digits: Path) -> None:
+def test_when_every_write_fails_no_checkpoint_weights_or_result_is_published(
+        s3: S3, digits: Path, fail_fast: None) -> None:
     with FaultProxy(s3.endpoint) as proxy:
         for method in ("PUT", "POST"):  # reads pass: training runs until its first checkpoint
             proxy.inject("503-slowdown", method, times=10_000)

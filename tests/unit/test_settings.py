@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,14 @@ def test_credentials_in_a_uri_never_reach_a_message(monkeypatch: pytest.MonkeyPa
         registry.check(load_settings())
     assert "hunter2" not in str(info.value) and "alice" not in str(info.value)
     assert "SHIPYARD_MLFLOW_TRACKING_URI" in str(info.value)
+
+
+def test_store_retries_default_to_the_patient_ladder_and_the_setting_cuts_both_loops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = filesystem(Settings(store_uri="s3://bucket/prefix"))
+    fs: Any = store.fs
+    assert fs.config_kwargs["retries"] == {"max_attempts": 8, "mode": "standard"} and fs.retries == 5
+    monkeypatch.setenv("SHIPYARD_STORE_URI", "s3://bucket/prefix")
+    monkeypatch.setenv("SHIPYARD_STORE_MAX_ATTEMPTS", "1")
+    fast: Any = filesystem(load_settings()).fs
+    assert fast.config_kwargs["retries"]["max_attempts"] == 1 and fast.retries == 1
