@@ -4,6 +4,8 @@
 prefix: when the highest lease has a ``.done`` (or there is none), write ``<n+1>.lease`` create-only; of
 two processes racing for the same number exactly one succeeds. A holder killed with -9 never writes its
 ``.done``; once its lease is older than ``ttl`` any waiter ends it (create-only too, so only one does).
+A waiter that can see the holder's process (same host, boot and pid namespace) ends the lease at once
+when that process is gone: a pipeline killed while registering does not hold up its rerun for ``ttl``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from shipyard import processes
 from shipyard.errors import RegistryError
 from shipyard.storage import AlreadyExists, Store
 
@@ -37,13 +40,19 @@ def lease(store: Store, prefix: tuple[str, ...], purpose: str, ttl: float = 900.
 
 def _acquire(store: Store, prefix: tuple[str, ...], purpose: str, ttl: float, wait: float, poll: float) -> int:
     deadline = time.monotonic() + wait
-    me = {"owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", "purpose": purpose}
+    me = {"owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", "purpose": purpose,
+          **_identity(os.getpid())}
     while True:
         names = set(store.list(*prefix))
         leases = [int(n.removesuffix(".lease")) for n in names if n.endswith(".lease")]
         top = max(leases, default=0)
         if top and f"{top}.done" not in names:
-            if _age(store, prefix, top) > ttl:
+            holder = _read(store, prefix, top)
+            if _died(holder):
+                log.warning("lease %s/%d is held by %s, which is no longer running; ending it",
+                            store.url(*prefix), top, holder.get("owner"))
+                _end(store, prefix, top, "holder died")
+            elif _age(holder) > ttl:
                 log.warning("lease %s/%d is older than %ss without being released; ending it",
                             store.url(*prefix), top, ttl)
                 _end(store, prefix, top, "expired")
@@ -74,9 +83,33 @@ def _read(store: Store, prefix: tuple[str, ...], number: int) -> dict[str, str]:
     return data
 
 
-def _age(store: Store, prefix: tuple[str, ...], number: int) -> float:
-    at = datetime.fromisoformat(_read(store, prefix, number)["at"])
+def _age(body: dict[str, str]) -> float:
+    at = datetime.fromisoformat(body["at"])
     return (datetime.now(UTC) - at).total_seconds()
+
+
+def _identity(pid: int) -> dict[str, str]:
+    """Say where process ``pid`` runs, precisely enough for another process there to tell it is gone."""
+    return {"host": socket.gethostname(), "boot_id": processes.boot_id() or "", "pid_ns": _pid_namespace(),
+            "pid": str(pid), "started": str(processes.start_time(pid) or "")}
+
+
+def _died(body: dict[str, str]) -> bool:
+    """Tell whether the holder ran where we can see it (same host, boot, pid namespace) and is gone now."""
+    here = _identity(os.getpid())
+    if not body.get("pid") or not body.get("started") or not here["boot_id"] or not here["pid_ns"]:
+        return False  # an older lease, or no way to tell: wait for the ttl
+    if any(body.get(k) != here[k] for k in ("host", "boot_id", "pid_ns")):
+        return False
+    now = processes.start_time(int(body["pid"]))
+    return now is None or abs(now - float(body["started"])) > processes.START_TOLERANCE
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _holder(store: Store, prefix: tuple[str, ...], number: int) -> str:

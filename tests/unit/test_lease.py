@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import RegistryError
-from shipyard.registry.lease import lease
+from shipyard.registry.lease import _identity, lease
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 
@@ -59,3 +61,32 @@ def test_waiting_too_long_names_the_holder(store: Store) -> None:
         with pytest.raises(RegistryError, match="first holder"):
             with lease(store, PREFIX, "second", wait=0.2, poll=0.05):
                 pass
+
+
+def _held_by(store: Store, proc: subprocess.Popen[bytes]) -> None:
+    """Write lease 1 as ``proc`` would have (written a second ago, far within any ttl)."""
+    body = {"owner": f"here:{proc.pid}", "purpose": "register", **_identity(proc.pid),
+            "at": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()}
+    store.write_bytes(json.dumps(body).encode(), *PREFIX, "1.lease", create_only=True)
+
+
+def test_a_lease_whose_holder_was_killed_on_this_machine_is_ended_at_once(store: Store) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    _held_by(store, holder)
+    holder.kill()  # SIGKILL: no chance to write its .done
+    holder.wait()
+    with lease(store, PREFIX, "the rerun", ttl=3600, wait=30) as number:  # without the check: 30 s, then an error
+        assert number == 2
+    assert json.loads(store.read_bytes(*PREFIX, "1.done"))["why"] == "holder died"
+
+
+def test_a_lease_whose_holder_still_runs_is_not_taken(store: Store) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _held_by(store, holder)
+        with pytest.raises(RegistryError, match="is held by here:"):
+            with lease(store, PREFIX, "second", ttl=3600, wait=0.5, poll=0.05):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
