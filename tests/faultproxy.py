@@ -1,5 +1,8 @@
 """An HTTP proxy on 127.0.0.1 in front of an S3 server that injects faults: 5xx, SlowDown, resets, corruption.
 
+``drop-answer`` forwards the request, then resets the connection instead of answering: the server did the
+work, the client never hears of it (what a server killed right after committing looks like).
+
 Point a client at ``proxy.url`` instead of the server. Each rule fires on the next ``times`` requests it
 matches; everything else passes through unchanged. ``proxy.events`` records every request with the
 fault injected (or the upstream status) and the SDK's attempt header, so tests can see each retry.
@@ -13,11 +16,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = {"500", "401", "503-slowdown", "reset", "corrupt", "delay"}
+FAULTS = {"500", "401", "503-slowdown", "reset", "corrupt", "delay", "drop-answer"}
 _ERRORS = {"500": (500, "InternalError", "We encountered an internal error. Please try again."),
            "503-slowdown": (503, "SlowDown", "Please reduce your request rate."),
            "401": (401, "Unauthorized", "Credentials are missing or invalid.")}
@@ -55,6 +59,7 @@ class FaultProxy:
         self.events: list[Event] = []
         self.bytes_received = 0  # request-body bytes clients sent through the proxy
         self.injected = 0  # faults injected, delays included
+        self.on_fault: Callable[[Event], None] | None = None  # called as a fault is injected, before the client hears
         self._chaos: tuple[float, tuple[str, ...], float, random.Random] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -105,10 +110,12 @@ class FaultProxy:
         return None
 
     def record(self, event: Event, body_bytes: int = 0) -> None:
-        """Remember a request."""
+        """Remember a request (and tell ``on_fault`` of an injected fault)."""
         with self._lock:
             self.events.append(event)
             self.bytes_received += body_bytes
+        if self.on_fault is not None and event.outcome in FAULTS:
+            self.on_fault(event)
 
     def seen(self, outcome: str | None = None, method: str | None = None, path: str = "") -> list[Event]:
         """Return the recorded requests matching the filters."""
@@ -132,11 +139,11 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             fault = rule.fault if rule else None
             if rule is not None and fault == "delay":
                 time.sleep(rule.delay)
-            if fault == "reset":
-                proxy.record(Event(self.command, self.path, "reset", attempt))
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()  # RST: the client sees 'connection reset by peer'
-                self.close_connection = True
+            if fault == "drop-answer":
+                self._forward(body)  # (an upstream that is down raises, which resets the connection too)
+            if fault in {"reset", "drop-answer"}:
+                proxy.record(Event(self.command, self.path, str(fault), attempt))
+                self._reset()
                 return
             if fault in _ERRORS:
                 status, code, message = _ERRORS[fault]
@@ -147,10 +154,20 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if fault == "corrupt" and body:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
-            status, headers, data = self._forward(body)
+            try:
+                status, headers, data = self._forward(body)
+            except OSError:  # the server is down: its client would see the connection refused or reset
+                proxy.record(Event(self.command, self.path, "upstream-down", attempt))
+                self._reset()
+                return
             outcome = str(status) if fault in {None, "delay"} else str(fault)
             proxy.record(Event(self.command, self.path, outcome, attempt), len(body))
             self._answer(status, headers, data)
+
+        def _reset(self) -> None:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()  # RST: the client sees 'connection reset by peer'
+            self.close_connection = True
 
         def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)

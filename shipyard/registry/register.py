@@ -54,7 +54,7 @@ def find_registered(mlflow_client: MlflowClient, model_name: str, train_key: str
     query = f"name = '{model_name}' and tag.`{TAG_TRAIN_KEY}` = '{train_key}'"
     with translate(uri_of(mlflow_client)):
         versions = mlflow_client.search_model_versions(query)
-    return max(versions, key=lambda v: int(v.version)) if versions else None
+    return min(versions, key=lambda v: int(v.version)) if versions else None  # the one _one_version keeps
 
 
 def register(mlflow_client: MlflowClient, settings: Settings, store: Store, result: TrainResult, model_name: str,
@@ -117,11 +117,26 @@ def _log_and_register(mlflow_client: MlflowClient, settings: Settings, store: St
                                                 pip_requirements=PIP_REQUIREMENTS)
         # MLflow numbers versions by reading the highest one: two creations at once can collide in its database.
         with lease(store, ("registry", model_name, "versions"), purpose=f"create a version from {result.key}"):
-            version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-        mlflow_client.update_model_version(model_name, str(version.version),
-                                           description=describe(result, metric, "pending"))
-    log.info("registered %s version %s from MLflow run %s", model_name, version.version, run.info.run_id)
-    return run.info.run_id, experiment_id, str(version.version)
+            created = mlflow.register_model(info.model_uri, model_name, tags=tags)
+        version = _one_version(mlflow_client, model_name, result.key, str(created.version))
+        mlflow_client.update_model_version(model_name, version, description=describe(result, metric, "pending"))
+    log.info("registered %s version %s from MLflow run %s", model_name, version, run.info.run_id)
+    return run.info.run_id, experiment_id, version
+
+
+def _one_version(mlflow_client: MlflowClient, model_name: str, train_key: str, created: str) -> str:
+    """Keep the first version registered from ``train_key`` and delete any other (call with its claim held).
+
+    MLflow's client retries a POST whose answer was lost (the server killed after committing, a reset):
+    the retried create makes a second version of the same training.
+    """
+    query = f"name = '{model_name}' and tag.`{TAG_TRAIN_KEY}` = '{train_key}'"
+    versions = sorted({str(v.version) for v in mlflow_client.search_model_versions(query)} | {created}, key=int)
+    for extra in versions[1:]:
+        log.warning("%s version %s repeats version %s (training %s, a retried request): deleting it",
+                    model_name, extra, versions[0], train_key)
+        mlflow_client.delete_model_version(model_name, extra)
+    return versions[0]
 
 
 def _log_dataset(result: TrainResult, store: Store) -> None:
