@@ -96,13 +96,22 @@ def home(tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> I
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     path = Path(os.environ["SHIPYARD_HOME"])
     yield path
+    for run in STARTED:  # a failed drill leaves no run behind (one may be waiting on something for minutes)
+        if run.proc.poll() is None:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+    STARTED.clear()
     processes.stop(path, INFERENCE)
+
+
+STARTED: list[Run] = []
 
 
 def _start(params: Path) -> Run:
     proc = subprocess.Popen([SHIPYARD, "run", "--params", str(params), "--model-name", MODEL],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run = Run(proc)
+    STARTED.append(run)
 
     def pump() -> None:
         assert proc.stdout is not None
