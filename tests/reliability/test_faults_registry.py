@@ -37,7 +37,7 @@ from shipyard.storage import filesystem
 from shipyard.training import TrainResult, load_model, load_recipe, train
 from tasks.register import register_model
 from tests import servers
-from tests.faultproxy import Event, FaultProxy
+from tests.faultproxy import FAULTS, Event, FaultProxy
 from tests.integration.conftest import AWS_ENV, MLFLOW_BUCKET, S3
 
 
@@ -204,7 +204,8 @@ def test_at_a_10_percent_s3_fault_rate_model_artifacts_and_served_predictions_ar
     rolled = LocalTarget(load_settings()).roll_out(ModelRef(model_name=model_name, version=registered.version),
                                                    registered.input_example)
     faults, requests = proxy.injected, len(proxy.events)
-    print(f"\n{faults} faults injected in {requests} S3 requests of the MLflow server; {len(stored)} model files")
+    hit = sorted(f"{e.method} {e.outcome} attempt {e.attempt}" for e in proxy.events if e.outcome in FAULTS)
+    print(f"\n{faults} faults injected in {requests} S3 requests of the MLflow server ({hit}); {len(stored)} files")
     assert faults >= 3
     np.testing.assert_allclose(np.asarray(rolled.predictions), _expected(trained, rows), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(served.pyfunc.predict(rows), _expected(trained, rows), rtol=1e-6, atol=1e-7)
