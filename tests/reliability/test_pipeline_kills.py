@@ -45,7 +45,7 @@ from tests.servers import free_port
 SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
 MODEL = "digits-classifier"
 # Small, with a checkpoint every 10 steps so that a kill in training leaves something to resume from.
-TRAINING = {"epochs": 6, "hidden_units": 16, "checkpoint_every_steps": 10, "seed": 7}
+TRAINING = {"epochs": 12, "hidden_units": 16, "checkpoint_every_steps": 10, "seed": 7}
 SEED = 13
 RUN_TIMEOUT = 400.0
 
@@ -53,7 +53,7 @@ RUN_TIMEOUT = 400.0
 # may come (drawn uniformly; a stage that closes sooner is killed as it closes).
 STAGES = {
     "staging": (("Beginning flow run 'pipeline",), ("stage_dataset-", "Finished in state"), 4.0),
-    "training": (("fit_model-", "epoch 1/"), ("fit_model-", "Finished in state"), 3.0),  # a checkpoint exists
+    "training": (("fit_model-", "epoch "), ("fit_model-", "Finished in state"), 1.5),  # after a checkpoint
     "registration": (("hold_champion-", "Finished in state"), ("register_model-", "Finished in state"), 8.0),
     "rollout": (("register_model-", "Finished in state"), ("roll_out-", "Finished in state"), 15.0),
 }
@@ -216,7 +216,8 @@ def test_killed_at_five_random_points_and_rerun_the_pipeline_ends_as_if_never_ki
              and json.loads(store.read_bytes(*prefix, n))["why"] == "holder died"]
     print(f"dataset versions: {versions}, trainings: {trainings}, resumed from step {result.resumed_from_step}, "
           f"registry leases of killed holders ended: {len(ended)}")
-    assert result.resumed_from_step is not None  # the kill in training left a checkpoint, and the rerun used it
+    if any(k.startswith("training") and not k.endswith("as it finished") for k in kills):
+        assert result.resumed_from_step is not None  # the kill in training left a checkpoint, and the rerun used it
 
     assert _model_versions(home) == ["1"]
     assert _champion(home) == "1"
