@@ -29,6 +29,12 @@ def serve_champion(client: Any, store: Store, target: RolloutTarget, model: Mode
     version at a time, and the last rollout to run must serve the champion as it is then, not an older one
     a slower pipeline promoted first. ``example`` is for ``model``; another version is checked on its own.
     """
+    live = target.live()
+    if live is not None and live.model == model and champion_version(client, model.model_name) == model.version:
+        # A rerun: the champion already serves. Nothing moves, so no turn is taken (and nothing is written).
+        log.info("%s version %s already serves at %s", model.model_name, model.version, live.endpoint)
+        return RolloutResult(target=target.name, model=model, previous=model, endpoint=live.endpoint, reused=True,
+                             predictions=None)
     with lease(store, ("registry", model.model_name, "rollout"), purpose=f"roll out {model.uri}",
                ttl=ROLLOUT_TTL, wait=None, poll=0.5, heartbeat=ROLLOUT_HEARTBEAT, error=ServingError):
         current = champion_version(client, model.model_name)
