@@ -125,6 +125,13 @@ def _locked(home: Path, name: str, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def exclusive(home: Path, name: str) -> Iterator[None]:
+    """Hold ``<home>/run/<name>.lock`` for the body, waiting for another holder: one-time setup done once."""
+    with _locked(home, name):
+        yield
+
+
 def _read(home: Path, name: str) -> Service | None:
     try:
         return Service.model_validate_json(_record(home, name).read_text())

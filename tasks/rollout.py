@@ -17,8 +17,9 @@ from prefect.transactions import Transaction, get_transaction
 from shipyard import registry, rollout
 from shipyard.params import RolloutParams
 from shipyard.rollout.base import ModelRef, RolloutResult
-from shipyard.rollout.champion import champion_version, restore_champion, set_champion
+from shipyard.rollout.champion import champion_version, restore_champion, serve_champion, set_champion
 from shipyard.settings import load_settings
+from shipyard.storage import filesystem
 
 
 @task(cache_policy=NO_CACHE)
@@ -48,10 +49,12 @@ def roll_out(model: ModelRef, example: list[list[float]] | None, params: Rollout
     """Serve ``model`` on the configured target; a failed load, warm-up or smoke test leaves the old one live."""
     logger = get_run_logger()
     settings = load_settings()
-    registry.client(settings)  # points MLflow at the registry for the smoke test's reference predictions
-    result = rollout.target(settings).roll_out(model, example if params.smoke_test else None)
+    client = registry.client(settings)  # also points MLflow at the registry for the smoke test's predictions
+    result = serve_champion(client, filesystem(settings), rollout.target(settings), model,
+                            example if params.smoke_test else None)
     verb = "already serving" if result.reused else "now serving"
-    logger.info("%s %s version %s at %s (%s)", verb, model.model_name, model.version, result.endpoint, result.target)
+    logger.info("%s %s version %s at %s (%s)", verb, model.model_name, result.model.version, result.endpoint,
+                result.target)
     if result.predictions is not None:
         logger.info("smoke test passed: %d predictions equal to MLflow's", len(result.predictions))
     return result

@@ -26,7 +26,7 @@ from shipyard.settings import Settings, load_settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import TrainingPlan, TrainResult, load_recipe, plan_training, resolve_params
 from shipyard.training.curves import curves_png
-from shipyard.training.launch import train_on_this_node
+from shipyard.training.launch import train_once
 from shipyard.training.trainer import launched_result
 from tasks.retry import transient_only
 
@@ -51,9 +51,13 @@ def fit_model(dataset: DatasetRef, params: TrainParams, force: bool = False) -> 
     if plan.cached is not None:
         return plan.cached
     load_recipe(params.entrypoint, params)  # a bad entrypoint fails here, before any data moves
-    data_dir = datasets.pull(store, dataset.name, dataset.version, settings.home / "cache" / "datasets")
-    result = train_on_this_node(store, dataset, params, data_dir, plan.key, on_line=logger.info)
-    _publish(result)
+    result, elsewhere = train_once(
+        store, dataset, params, plan.key, on_line=logger.info,
+        pull=lambda: datasets.pull(store, dataset.name, dataset.version, settings.home / "cache" / "datasets"))
+    if elsewhere:
+        logger.info("cache hit: training %s was finished by another run while this one waited", plan.key)
+    else:
+        _publish(result)
     return result
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -17,8 +20,9 @@ def write_demo_source(directory: Path) -> Path:
     import pandas as pd
     from sklearn.datasets import load_digits
 
-    tmp = directory.with_name(directory.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    # A directory of its own: two first runs at once each write one, the first rename wins.
+    tmp = directory.with_name(f".{directory.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
     digits = load_digits()
     frame = pd.DataFrame(digits.data.astype("float32"), columns=[f"pixel_{i}" for i in range(64)])
     frame["label"] = digits.target.astype("int64")
@@ -26,7 +30,13 @@ def write_demo_source(directory: Path) -> Path:
     for shard in range(SHARDS):
         part = frame.iloc[shard * size : (shard + 1) * size]
         part.to_parquet(tmp / f"part-{shard:05d}.parquet", index=False)
-    tmp.rename(directory)  # atomic: a half-written demo source is never seen as complete
+    try:
+        tmp.rename(directory)  # atomic: a half-written demo source is never seen as complete
+    except OSError:
+        if not directory.is_dir():
+            raise
+        shutil.rmtree(tmp)  # another run wrote it first: the same rows
+        return directory
     log.info("wrote demo digits (%d rows) to %s", len(frame), directory)
     return directory
 

@@ -1,117 +1,18 @@
-"""A mutual-exclusion lease in the store, made of create-only objects only (no deletes, no overwrites).
-
-``<prefix>/<n>.lease`` names holder ``n``; ``<prefix>/<n>.done`` ends its tenure. To acquire, list the
-prefix: when the highest lease has a ``.done`` (or there is none), write ``<n+1>.lease`` create-only; of
-two processes racing for the same number exactly one succeeds. A holder killed with -9 never writes its
-``.done``; once its lease is older than ``ttl`` any waiter ends it (create-only too, so only one does).
-A waiter that can see the holder's process (same host, boot and pid namespace) ends the lease at once
-when that process is gone: a pipeline killed while registering does not hold up its rerun for ``ttl``.
-"""
+"""The registry's leases: :func:`shipyard.lease.lease`, failing with a :class:`RegistryError` when held too long."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import socket
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
-from shipyard import processes
+from shipyard import lease as leases
 from shipyard.errors import RegistryError
-from shipyard.storage import AlreadyExists, Store
-
-log = logging.getLogger(__name__)
+from shipyard.storage import Store
 
 
 @contextmanager
 def lease(store: Store, prefix: tuple[str, ...], purpose: str, ttl: float = 900.0,
           wait: float = 1800.0, poll: float = 0.25) -> Iterator[int]:
-    """Hold the lease on ``prefix`` for the body; yield the lease number."""
-    number = _acquire(store, prefix, purpose, ttl, wait, poll)
-    try:
+    """Hold the lease on ``prefix`` for the body; yield the lease number (see :mod:`shipyard.lease`)."""
+    with leases.lease(store, prefix, purpose, ttl, wait, poll, error=RegistryError) as number:
         yield number
-    finally:
-        _end(store, prefix, number, "released")
-
-
-def _acquire(store: Store, prefix: tuple[str, ...], purpose: str, ttl: float, wait: float, poll: float) -> int:
-    deadline = time.monotonic() + wait
-    me = {"owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", "purpose": purpose,
-          **_identity(os.getpid())}
-    while True:
-        names = set(store.list(*prefix))
-        leases = [int(n.removesuffix(".lease")) for n in names if n.endswith(".lease")]
-        top = max(leases, default=0)
-        if top and f"{top}.done" not in names:
-            holder = _read(store, prefix, top)
-            if _died(holder):
-                log.warning("lease %s/%d is held by %s, which is no longer running; ending it",
-                            store.url(*prefix), top, holder.get("owner"))
-                _end(store, prefix, top, "holder died")
-            elif _age(holder) > ttl:
-                log.warning("lease %s/%d is older than %ss without being released; ending it",
-                            store.url(*prefix), top, ttl)
-                _end(store, prefix, top, "expired")
-            elif time.monotonic() > deadline:
-                raise RegistryError(f"lease {store.url(*prefix)} is held by {_holder(store, prefix, top)} for longer "
-                                    f"than {wait:.0f}s; try again later")
-            else:
-                time.sleep(poll)
-            continue
-        body = {**me, "at": datetime.now(UTC).isoformat()}
-        try:
-            store.write_bytes(json.dumps(body).encode(), *prefix, f"{top + 1}.lease", create_only=True)
-        except AlreadyExists:
-            continue  # someone else took this number first
-        return top + 1
-
-
-def _end(store: Store, prefix: tuple[str, ...], number: int, why: str) -> None:
-    body = json.dumps({"why": why, "at": datetime.now(UTC).isoformat()}).encode()
-    try:
-        store.write_bytes(body, *prefix, f"{number}.done", create_only=True)
-    except AlreadyExists:
-        pass  # ended already (an expired lease ended by a waiter)
-
-
-def _read(store: Store, prefix: tuple[str, ...], number: int) -> dict[str, str]:
-    data: dict[str, str] = json.loads(store.read_bytes(*prefix, f"{number}.lease"))
-    return data
-
-
-def _age(body: dict[str, str]) -> float:
-    at = datetime.fromisoformat(body["at"])
-    return (datetime.now(UTC) - at).total_seconds()
-
-
-def _identity(pid: int) -> dict[str, str]:
-    """Say where process ``pid`` runs, precisely enough for another process there to tell it is gone."""
-    return {"host": socket.gethostname(), "boot_id": processes.boot_id() or "", "pid_ns": _pid_namespace(),
-            "pid": str(pid), "started": str(processes.start_time(pid) or "")}
-
-
-def _died(body: dict[str, str]) -> bool:
-    """Tell whether the holder ran where we can see it (same host, boot, pid namespace) and is gone now."""
-    here = _identity(os.getpid())
-    if not body.get("pid") or not body.get("started") or not here["boot_id"] or not here["pid_ns"]:
-        return False  # an older lease, or no way to tell: wait for the ttl
-    if any(body.get(k) != here[k] for k in ("host", "boot_id", "pid_ns")):
-        return False
-    now = processes.start_time(int(body["pid"]))
-    return now is None or abs(now - float(body["started"])) > processes.START_TOLERANCE
-
-
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def _holder(store: Store, prefix: tuple[str, ...], number: int) -> str:
-    body = _read(store, prefix, number)
-    return f"{body.get('owner')} ({body.get('purpose')}, since {body.get('at')})"

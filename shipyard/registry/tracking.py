@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from shipyard import processes
 from shipyard.errors import RegistryError
 from shipyard.settings import Settings, redact
 from shipyard.storage import Store
@@ -45,11 +46,23 @@ def client(settings: Settings) -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = settings.resolved_mlflow_uri()
-    if settings.is_local_mlflow():
-        settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not settings.is_local_mlflow() or uri in _SCHEMA_READY:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow creates a fresh database's tables on first use (building the client), unguarded: two processes
+    # doing it together fail (alembic "expected to match one row"). The first use waits for the others here.
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with processes.exclusive(settings.home, SCHEMA_LOCK), translate(uri):
+        built = MlflowClient(tracking_uri=uri, registry_uri=uri)  # the tracking store's tables
+        built.search_registered_models(max_results=1)  # the registry store's tables
+    _SCHEMA_READY.add(uri)
+    return built
+
+
+# Local databases whose tables this process has seen created (no lock needed again), and the lock's name.
+_SCHEMA_READY: set[str] = set()
+SCHEMA_LOCK = "mlflow-db"
 
 
 def uri_of(mlflow_client: MlflowClient) -> str:

@@ -1,4 +1,4 @@
-"""The ``champion`` alias and the live version move together: helpers to read, move and restore it.
+"""The ``champion`` alias and the live version move together: helpers to read, move and restore it, and serve it.
 
 Only plain ``MlflowClient`` calls, so they work with any client the caller built.
 """
@@ -8,11 +8,41 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shipyard.errors import RegistryError
+from shipyard.errors import RegistryError, ServingError
+from shipyard.lease import lease
 from shipyard.registry.aliases import CHAMPION
-from shipyard.rollout.base import ModelRef
+from shipyard.rollout.base import ModelRef, RolloutResult, RolloutTarget
+from shipyard.storage import Store
 
 log = logging.getLogger(__name__)
+
+# Rollouts of one model are serialised by a lease in the store that beats while the rollout runs.
+ROLLOUT_HEARTBEAT = 20.0
+ROLLOUT_TTL = 180.0
+
+
+def serve_champion(client: Any, store: Store, target: RolloutTarget, model: ModelRef,
+                   example: list[list[float]] | None) -> RolloutResult:
+    """Serve ``model``, the champion this pipeline saw, or the newer champion another pipeline made meanwhile.
+
+    Rollouts of one model take turns (``registry/<model>/rollout`` lease in the store): a target swaps one
+    version at a time, and the last rollout to run must serve the champion as it is then, not an older one
+    a slower pipeline promoted first. ``example`` is for ``model``; another version is checked on its own.
+    """
+    live = target.live()
+    if live is not None and live.model == model and champion_version(client, model.model_name) == model.version:
+        # A rerun: the champion already serves. Nothing moves, so no turn is taken (and nothing is written).
+        log.info("%s version %s already serves at %s", model.model_name, model.version, live.endpoint)
+        return RolloutResult(target=target.name, model=model, previous=model, endpoint=live.endpoint, reused=True,
+                             predictions=None)
+    with lease(store, ("registry", model.model_name, "rollout"), purpose=f"roll out {model.uri}",
+               ttl=ROLLOUT_TTL, wait=None, poll=0.5, heartbeat=ROLLOUT_HEARTBEAT, error=ServingError):
+        current = champion_version(client, model.model_name)
+        if current is not None and current != model.version:
+            log.info("%s of %s moved to version %s since version %s was promoted; serving version %s",
+                     CHAMPION, model.model_name, current, model.version, current)
+            model, example = ModelRef(model_name=model.model_name, version=current), None
+        return target.roll_out(model, example)
 
 
 def champion_version(client: Any, model_name: str) -> str | None:

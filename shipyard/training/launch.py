@@ -1,4 +1,10 @@
-"""Run training as torchrun workers (one per GPU) from the process that would otherwise train in-process."""
+"""Train on this node, once per training key: as torchrun workers (one per GPU), or in this process.
+
+Two pipelines that ask for the same training at once (same data, params and code: same key) train it once.
+Training holds a claim on the key in the store (``training/<key>/claims``, a create-only lease that beats
+while the run lives); the other waits for it, then finds the finished result and returns it. A claimant
+killed with -9 stops beating: its claim expires and the next one resumes from the newest checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shipyard.errors import TrainingError
+from shipyard.lease import lease
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.storage import Store
 from shipyard.training.distributed import processes_for, torchrun_command, visible_gpus
 from shipyard.training.loop import EpochMetrics
 from shipyard.training.preemption import PreemptionGuard
-from shipyard.training.trainer import TrainResult, cached_result, train
+from shipyard.training.trainer import TrainResult, cached_result, train, training_prefix
 
 log = logging.getLogger(__name__)
+
+# A claim beats every HEARTBEAT seconds; one that missed beats for CLAIM_TTL seconds belongs to a dead run.
+HEARTBEAT = 20.0
+CLAIM_TTL = 180.0
+
+
+def train_once(store: Store, dataset: DatasetRef, params: TrainParams, key: str, pull: Callable[[], Path],
+               on_line: Callable[[str], None] = log.info) -> tuple[TrainResult, bool]:
+    """Train under ``key`` unless another run does or did; return the result and whether another run trained it.
+
+    ``pull`` fetches the dataset (called only when this run trains).
+    """
+    def waiting(holder: str) -> None:
+        on_line(f"training {key} is claimed by another run ({holder}); waiting for its result")
+
+    with lease(store, (*training_prefix(key), "claims"), purpose=f"train {key}", ttl=CLAIM_TTL, wait=None,
+               poll=1.0, heartbeat=HEARTBEAT, error=TrainingError, on_wait=waiting):
+        finished = cached_result(store, key)
+        if finished is not None:
+            return finished, True
+        return train_on_this_node(store, dataset, params, pull(), key, on_line=on_line), False
+
 
 def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, data_dir: Path,
                 on_line: Callable[[str], None] = log.info, key: str | None = None) -> None:

@@ -138,6 +138,9 @@ def _needs() -> dict[str, set[tuple[str, str]]]:
     index = _arn(*_index_parts(inputs_key(DatasetRef(name=DATASET, version=VERSION), TrainParams())))
     # register_model: create-only leases and claims around version creation and alias moves, the alias history.
     registry = _arn("registry", "digits-classifier", "aliases", "1.lease")
+    # roll_out: the model's rollout lease (pipelines of one model roll out in turn); fit_model: the training claim.
+    rollout_turn = _arn("registry", "digits-classifier", "rollout", "1.beat-1")
+    claim = _arn(*checkpoint_prefix(KEY)[:-1], "claims", "1.lease")
     artifact = "arn:aws:s3:::" + mlflow_artifact_root().removeprefix("s3://") + "/1/run/artifacts/model/MLmodel"
     # ListBucket on the bucket: Store.check lists it before staging, Store.list lists prefixes, and S3 answers a
     # HEAD of a missing key with 404 (which create-only writes and cache checks rely on) only to ListBucket holders.
@@ -147,10 +150,10 @@ def _needs() -> dict[str, set[tuple[str, str]]]:
         # corrupted upload, manifest written last; launch_training reads result.json; register_model the weights.
         "prefect-worker": listing | {(a, objects) for a in (GET, PUT, ABORT, DELETE)}
         | {(GET, manifest), (PUT, manifest), (GET, result), (GET, model), (GET, index)}
-        | {(GET, registry), (PUT, registry)},
+        | {(GET, registry), (PUT, registry), (GET, rollout_turn), (PUT, rollout_turn)},
         # fit_model: pull the manifest and its objects; checkpoints, weights and result.json under training/.
         "shipyard-train": listing | {(GET, objects), (GET, manifest)}
-        | {(a, k) for a in (GET, PUT, ABORT) for k in (checkpoint, model, result, index)},
+        | {(a, k) for a in (GET, PUT, ABORT) for k in (checkpoint, model, result, index, claim)},
         # The MLflow server proxies every artifact upload, download, listing and deletion.
         "mlflow": listing | {(a, artifact) for a in (GET, PUT, DELETE, ABORT)},
     }

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import RegistryError
-from shipyard.registry.lease import _identity, lease
+from shipyard.lease import _identity
+from shipyard.registry.lease import lease
 from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 
@@ -90,3 +91,23 @@ def test_a_lease_whose_holder_still_runs_is_not_taken(store: Store) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_holder_that_beats_is_not_ended_past_its_ttl_and_a_silent_one_is(store: Store) -> None:
+    from shipyard.lease import lease as beating_lease
+
+    waited: list[str] = []
+    with beating_lease(store, PREFIX, "long training", ttl=0.6, heartbeat=0.1):
+        with pytest.raises(RegistryError, match="long training"):  # alive for 4 ttls: never taken for dead
+            with beating_lease(store, PREFIX, "second", ttl=0.6, wait=2.4, poll=0.05, error=RegistryError,
+                               on_wait=waited.append):
+                pass
+    assert waited and "long training" in waited[0]  # the waiter was told who holds it, once
+    assert "1.done" in store.list(*PREFIX) and any(n.startswith("1.beat-") for n in store.list(*PREFIX))
+    assert json.loads(store.read_bytes(*PREFIX, "1.done"))["why"] == "released"
+
+    stale = {"owner": "gone:1", "purpose": "killed", "at": datetime.now(UTC).isoformat()}
+    store.write_bytes(json.dumps(stale).encode(), *PREFIX, "3.lease", create_only=True)
+    with beating_lease(store, PREFIX, "next", ttl=0.3, poll=0.05) as number:  # no beats: ended after its ttl
+        assert number == 4
+    assert json.loads(store.read_bytes(*PREFIX, "3.done"))["why"] == "expired"
