@@ -118,6 +118,11 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
         # Staging would refuse it, or the recipe could not train on it: say so before anything is written.
         check_data(params["training"], read_schemas(source))
     probe(settings)
+    if params["dataset"].version is not None:
+        from shipyard.datasets import resolve_version
+        from shipyard.storage import filesystem
+
+        resolve_version(filesystem(settings), params["dataset"].name, params["dataset"].version)
     registry.check(settings)
 
 

@@ -326,6 +326,7 @@ def test_bad_input_gets_one_line_naming_the_culprit_and_changes_nothing(
     after = snapshot(world)
     assert "Traceback" not in outcome.text + outcome.raw, outcome.text + outcome.raw
     line = _one_line(outcome.text)
+    print(f"[{outcome.code}] {line}")  # the corpus's messages, for review with -s
     assert culprit in line, line
     if isinstance(runner, Http):
         assert 400 <= outcome.code < 500, (outcome.code, line)
