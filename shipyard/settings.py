@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shipyard.errors import ConfigError
@@ -28,6 +28,10 @@ class RolloutTarget(StrEnum):
 
     local = "local"
     kubernetes = "kubernetes"
+
+
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "file", "databricks", "databricks-uc", "uc", "postgresql", "mysql",
+                  "mssql")
 
 
 class Settings(BaseSettings):
@@ -152,6 +156,15 @@ class Settings(BaseSettings):
         description="Cron (UTC) that 'shipyard up' creates the local pipeline deployment's schedule with, "
         "paused; 'shipyard schedule set|pause|resume' change it from then on.",
     )
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_scheme(cls, value: str | None) -> str | None:
+        scheme = value.partition("://")[0].split("+")[0].lower() if value and "://" in value else ""
+        if scheme and scheme not in MLFLOW_SCHEMES:
+            raise ValueError(f"scheme '{scheme}' is not one MLflow tracks to (use http(s)://host:port for a server, "
+                             f"or one of {', '.join(MLFLOW_SCHEMES[2:])})")
+        return value
 
     def resolved_store_uri(self) -> str:
         """Return the store URI, defaulting to a directory under ``home``."""

@@ -21,7 +21,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from shipyard.errors import ConfigError, StoreError
-from shipyard.settings import Settings
+from shipyard.settings import Settings, redact
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,9 @@ def filesystem(settings: Settings, **storage_options: Any) -> Store:
         return Store(fs=fsspec.filesystem("file", auto_mkdir=True), root=root, uri=root)
     if protocol not in {"s3", "s3a"}:
         raise ConfigError(f"{SETTING}={uri}: unsupported scheme '{protocol}' (use s3://bucket/prefix or a local path)")
+    if "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{SETTING}={redact(uri)} carries credentials, which would show wherever the URI does: "
+                          "give S3 keys through AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or a role")
     if not rest.split("/", 1)[0]:
         raise ConfigError(f"{SETTING}={uri}: no bucket named (use s3://bucket/prefix)")
     # botocore retries throttling, 5xx and connection errors with backoff before s3fs sees them.

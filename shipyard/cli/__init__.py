@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from shipyard import __version__
 from shipyard.errors import ShipyardError
@@ -20,9 +21,17 @@ COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", 
 Handler = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the argument and where the usage is, then exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="shipyard",
         description="Take a model from raw data to a live endpoint: stage -> train -> register -> roll out.",
         epilog="Settings come from SHIPYARD_* environment variables: see 'shipyard status --settings'.",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipyard import registry
 from shipyard.errors import RegistryError
-from shipyard.settings import Settings, load_settings
+from shipyard.settings import Settings, load_settings, redact
 from shipyard.storage import Store, filesystem
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a version's aliases, description and tags (lineage and gate)."""
     settings, _, client = _open()
+    _registered(settings, client, args.name)
     aliases = registry.aliases(client, args.name)
     version = args.version or aliases.get(registry.CHAMPION)
     if version is None:
@@ -82,6 +83,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key in sorted(found.tags):
         print(f"  {key:<36} {found.tags[key]}")
     return 0
+
+
+def _registered(settings: Settings, client: MlflowClient, name: str) -> None:
+    """Fail with one line if no model of that name is registered."""
+    from shipyard.registry.tracking import registered_model
+
+    if registered_model(client, name) is None:
+        raise RegistryError(f"no model named '{name}' is registered in MLflow at "
+                            f"{redact(settings.resolved_mlflow_uri())} (list models with: shipyard models ls)")
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -10,10 +10,11 @@ import yaml
 from pydantic import ValidationError
 
 from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url, use_prefect_api
+from shipyard.datasets.validate import read_schemas
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.settings import Settings, load_settings, redact
-from shipyard.training.recipe import validate_recipe_params
+from shipyard.training.recipe import check_data, validate_recipe_params
 
 SECTIONS: dict[str, type[Any]] = {
     "dataset": DatasetParams, "training": TrainParams, "registry": RegisterParams, "rollout": RolloutParams,
@@ -51,16 +52,27 @@ def register(sub: Any) -> None:
 
 def _read_params_file(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"params file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"params file {path} is a directory, not a YAML or JSON file") from exc
+    except OSError as exc:
+        raise ConfigError(f"params file {path} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params file {path} is not text (YAML or JSON in UTF-8): byte {exc.start} "
+                          "cannot be decoded") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"params file {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must hold a mapping with sections {', '.join(SECTIONS)}")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(map(str, data)) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"params file {path}: unknown section '{unknown[0]}' (expected {', '.join(SECTIONS)})")
+    for section, body in data.items():
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(f"params file {path}: section '{section}' must be a mapping of field: value, "
+                              f"not {type(body).__name__}")
     return data
 
 
@@ -102,7 +114,15 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
     source = params["dataset"].source
     if source != "demo" and "://" not in source and not any(c in source for c in "*?[") and not Path(source).exists():
         raise ConfigError(f"dataset source {source} does not exist")
+    if source != "demo" and "://" not in source and params["dataset"].version is None:
+        # Staging would refuse it, or the recipe could not train on it: say so before anything is written.
+        check_data(params["training"], read_schemas(source))
     probe(settings)
+    if params["dataset"].version is not None:
+        from shipyard.datasets import resolve_version
+        from shipyard.storage import filesystem
+
+        resolve_version(filesystem(settings), params["dataset"].name, params["dataset"].version)
     registry.check(settings)
 
 

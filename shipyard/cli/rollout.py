@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from shipyard.cli.runtime import choose_prefect_api
-from shipyard.errors import ServingError, ShipyardError
+from shipyard.errors import ConfigError, ServingError, ShipyardError
 from shipyard.rollout.base import Live
 from shipyard.settings import Settings, load_settings
 
@@ -84,7 +84,20 @@ def cmd_undo(args: argparse.Namespace) -> int:
     return _run(settings, live.model.model_name, previous)
 
 
+def _check_version(settings: Settings, model_name: str, version: str) -> None:
+    """Fail with one line, before any flow starts, unless ``version`` of ``model_name`` is registered."""
+    from shipyard import registry
+
+    if not version.isdigit():
+        raise ConfigError(f"'{version}' is not a version number (see them with: shipyard models show {model_name})")
+    registry.check(settings)
+    client = registry.client(settings)
+    with registry.translate(settings.resolved_mlflow_uri()):
+        client.get_model_version(model_name, version)
+
+
 def _run(settings: Settings, model_name: str, version: str) -> int:
+    _check_version(settings, model_name, version)  # bad input fails before anything runs
     choose_prefect_api(settings)
     from flows.rollout import rollout_flow  # imported late: Prefect reads PREFECT_API_URL at import
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from shipyard.cli.runtime import choose_prefect_api
 from shipyard.errors import ConfigError
-from shipyard.settings import load_settings
+from shipyard.processes import answers
+from shipyard.settings import load_settings, redact
 
 DEFAULT_DEPLOYMENT = "pipeline-flow/local"
 
@@ -33,9 +34,13 @@ def register(sub: Any) -> None:
 
 
 def _server() -> str:
-    api_url = choose_prefect_api(load_settings())
+    settings = load_settings()
+    api_url = choose_prefect_api(settings)
     if api_url is None:
         raise ConfigError("no Prefect server holds schedules: run 'shipyard up' or set SHIPYARD_PREFECT_API_URL")
+    if not answers(f"{api_url.rstrip('/')}/health", timeout=5):
+        where = "SHIPYARD_PREFECT_API_URL" if settings.prefect_api_url else "the local server 'shipyard up' starts"
+        raise ConfigError(f"the Prefect server at {redact(api_url)} ({where}) does not answer")
     return api_url
 
 

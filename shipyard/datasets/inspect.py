@@ -44,6 +44,7 @@ def describe(source: Source, file: SourceFile, sha256: str) -> FileEntry:
             raise DatasetError(f"{file.rel}: {exc}") from exc
         except Exception as exc:  # readers raise many unrelated types for a damaged file
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in reason)[:200]  # no raw bytes
             raise DatasetError(f"{file.rel}: unreadable {_LABELS[fmt]} ({reason})") from exc
     return FileEntry(path=file.rel, size=file.size, sha256=sha256, format=fmt, rows=rows, columns=columns)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from shipyard.datasets.inspect import TABULAR
+from shipyard.datasets.inspect import TABULAR, describe
 from shipyard.datasets.manifest import FileEntry
+from shipyard.datasets.source import list_source
 from shipyard.errors import DatasetError
 
 _EXTENSIONS = {"parquet": "parquet", "csv": "csv", "npz": "npz"}
@@ -69,3 +70,15 @@ def schema_difference(expected: FileEntry, actual: FileEntry) -> str | None:
             if got[name] != kind:
                 return f"column '{name}' is {got[name]}, expected {kind}"
     return None
+
+
+def read_schemas(source: str) -> dict[str, dict[str, str]]:
+    """Read and check every file of ``source`` as staging would, uploading nothing; return each shard group's schema.
+
+    For checks before any work starts (``shipyard run``): a source staging would refuse fails here, naming the file.
+    """
+    src = list_source(source)
+    checker = Checker(source)
+    for file in sorted(src.files(), key=lambda f: f.rel):
+        checker.add(describe(src, file, ""))
+    return checker.finish()

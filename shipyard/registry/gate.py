@@ -245,6 +245,7 @@ def _record_holdout(mlflow_client: MlflowClient, name: str, decision: GateDecisi
 def promote(mlflow_client: MlflowClient, settings: Settings, store: Store, model_name: str, version: str,
             reason: str, context: RunContext, actor: str) -> GateDecision:
     """Make ``version`` champion by hand: same holdout, thresholds and load check as the gate, no margin."""
+    _check_promotable(mlflow_client, model_name, version)  # bad input fails before the lease writes anything
     with alias_lease(store, model_name, purpose=f"{actor}: promote {model_name} v{version}"):
         before = aliases(mlflow_client, model_name)
         champion = before.get(CHAMPION)
@@ -274,3 +275,14 @@ def promote(mlflow_client: MlflowClient, settings: Settings, store: Store, model
                                 scores=scores)
         _record(mlflow_client, model_name, version, decision, result)
     return decision
+
+
+def _check_promotable(mlflow_client: MlflowClient, model_name: str, version: str) -> None:
+    """Fail on a version that is no number, does not exist or is champion already (checked again under the lease)."""
+    if not version.isdigit():
+        raise RegistryError(f"'{version}' is not a version number of {model_name} "
+                            f"(see its versions with: shipyard models show {model_name})")
+    with translate(uri_of(mlflow_client)):
+        mlflow_client.get_model_version(model_name, version)
+    if aliases(mlflow_client, model_name).get(CHAMPION) == version:
+        raise RegistryError(f"{model_name} version {version} is already {CHAMPION}")

@@ -7,9 +7,10 @@ read as "no champion".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shipyard import processes
 from shipyard.errors import RegistryError
@@ -46,6 +47,9 @@ def client(settings: Settings) -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = settings.resolved_mlflow_uri()
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." on stdout when a run ends, user-info and all.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if not settings.is_local_mlflow() or uri in _SCHEMA_READY:
@@ -78,11 +82,29 @@ def check(settings: Settings) -> None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5) as resp:  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(_health_request(uri), timeout=5) as resp:  # noqa: S310 (http(s) only)
             resp.read()
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         raise RegistryError(f"MLflow at {redact(uri)} ({SETTING}) is unreachable: {reason}") from exc
+
+
+def _health_request(uri: str) -> Any:
+    """Return the request for ``<uri>/health``, user-info sent as basic auth as MLflow's client does (urllib
+    would take it for part of the host)."""
+    import base64
+    import urllib.request
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    url = f"{uri.rstrip('/')}/health"
+    if parts.username is None and parts.password is None:
+        return urllib.request.Request(url)  # noqa: S310 - check() calls this for http(s) URIs only
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    url = urlunsplit((parts.scheme, netloc, f"{parts.path.rstrip('/')}/health", "", ""))
+    auth = "Basic " + base64.b64encode(userinfo.encode()).decode()
+    return urllib.request.Request(url, headers={"Authorization": auth})  # noqa: S310 - http(s) only, as above
 
 
 def is_absent(exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -128,10 +129,25 @@ def _mlflow_invocations(served: Served, body: bytes, content_type: str) -> tuple
         result = scoring_server.invocations(  # type: ignore[no-untyped-call]
             body, content_type, served.pyfunc, served.input_schema)
     except MlflowException as exc:
+        # Answered in one line, without MLflow's stack trace or its echo of the request's data; the trace
+        # stays in the server's log.
         status = int(exc.get_http_status_code())  # type: ignore[no-untyped-call]
-        return status, exc.serialize_as_json().encode(), 0  # type: ignore[no-untyped-call]
+        log.debug("request refused with HTTP %d: %s\n%s", status, exc.message, getattr(exc, "stack_trace", ""))
+        return status, _error(str(exc.error_code), _mlflow_message(str(exc.message))), 0
     payload = result.response.encode() if isinstance(result.response, str) else result.response
+    if int(result.status) != 200 and not payload.lstrip().startswith(b"{"):  # MLflow's plain-text refusals (415)
+        return int(result.status), _error("BAD_REQUEST", _mlflow_message(payload.decode(errors="replace"))), 0
     return int(result.status), payload, 0
+
+
+def _mlflow_message(message: str) -> str:
+    """Return an MLflow scoring error as one line, without the copy of the request's data it starts with."""
+    head, sep, error = message.partition("\nError: ")
+    if sep and head.startswith("Failed to predict data"):
+        message = f"the inputs do not fit the model's signature: {error}"
+    message = " ".join(message.split())
+    message = re.sub(r"Failed to enforce schema of data '.*?' with schema", "Failed to enforce schema", message)
+    return message if len(message) <= 500 else message[:497] + "..."
 
 
 def _error(code: str, message: str) -> bytes:

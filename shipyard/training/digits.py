@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from shipyard.params import TrainParams
 from shipyard.training.recipe import TrainContext
 
 FEATURES = [f"pixel_{i}" for i in range(64)]
+_NUMERIC = re.compile(r"(u?int\d+|float|double|halffloat|decimal)")
 LABEL = "label"
 
 
@@ -48,6 +50,24 @@ class DigitsRecipe:
         n_val = max(1, int(len(frame) * self.params.val_fraction))
         val, train = order[:n_val], order[n_val:]
         return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
+
+    def check_schemas(self, schemas: dict[str, dict[str, str]]) -> None:
+        """Fail, naming the shard group and column, unless every group is Parquet with numeric pixels and label."""
+        wanted = [*FEATURES, LABEL]
+        if not schemas:
+            raise DatasetError(f"the digits recipe reads tables with columns {FEATURES[0]}..{FEATURES[-1]} and "
+                               f"{LABEL}; the source has no table")
+        for group, columns in schemas.items():
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise DatasetError(f"{group}: no column {', '.join(missing[:3])}"
+                                   f"{f' ({len(missing) - 3} more)' if len(missing) > 3 else ''} (the digits recipe "
+                                   f"reads {FEATURES[0]}..{FEATURES[-1]} and {LABEL})")
+            text = [c for c in wanted if not _NUMERIC.match(columns[c])]
+            if text:
+                raise DatasetError(f"{group}: column {text[0]} holds {columns[text[0]]}, not numbers")
+            if not group.endswith(".parquet"):
+                raise DatasetError(f"{group}: the digits recipe reads Parquet shards only (convert the files)")
 
     def training_step(self, model: nn.Module, batch: Any, ctx: TrainContext) -> torch.Tensor:
         """Return the cross-entropy loss of a batch."""

@@ -136,6 +136,17 @@ def validate_recipe_params(entrypoint: str, raw: dict[str, Any]) -> dict[str, An
         raise ConfigError(f"parameter {where}: {err['msg']} ({model.__name__} of {entrypoint})") from exc
 
 
+def check_data(params: TrainParams, schemas: dict[str, dict[str, str]]) -> None:
+    """Ask the recipe whether it can train on tables with ``schemas`` (group -> column -> type), if it can tell.
+
+    A recipe may define ``check_schemas(schemas)`` raising DatasetError; then a source it cannot read fails
+    before it is staged, not after.
+    """
+    check = getattr(load_recipe(params.entrypoint, params), "check_schemas", None)
+    if callable(check):
+        check(schemas)
+
+
 def load_recipe(entrypoint: str, params: TrainParams) -> Recipe:
     """Import ``module:function`` and build the recipe, naming the entrypoint on any failure."""
     factory = _factory(entrypoint)
