@@ -46,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shipyard: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # Prefect's temporary server failing to start: one line, not its traceback
+        from shipyard.cli.runtime import ephemeral_timeout_error
+
+        error = ephemeral_timeout_error(exc)
+        if error is None:
+            raise
+        print(f"shipyard: error: {error}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:
