@@ -76,9 +76,9 @@ def test_a_temporary_prefect_server_too_slow_to_start_is_one_line(local_ports: d
     done = _shipyard("rollout", "to", "1", "--model-name", "digits-classifier", timeout=300)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
-        "shipyard: error: the temporary Prefect server did not answer in time: raise "
-        "SHIPYARD_PREFECT_START_TIMEOUT_SECONDS, or start a lasting one with 'shipyard up'")
+    error = ("shipyard: error: the temporary Prefect server did not answer in time: raise "
+             "SHIPYARD_PREFECT_START_TIMEOUT_SECONDS, or start a lasting one with 'shipyard up'")
+    assert error in done.stderr.splitlines()
 
 
 def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dict[str, int]) -> None:
