@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     prefect_port: int = Field(
         default=4200, ge=1, le=65535, description="Port of the local Prefect server ('shipyard up')."
     )
+    prefect_start_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Longest a command waits for a Prefect server it starts (the local one, or "
+        "a temporary one for a single command) to answer; a first start on a busy machine can take a minute."
+    )
     mlflow_ui_port: int = Field(
         default=5000, ge=1, le=65535, description="Port of the local MLflow UI ('shipyard up')."
     )

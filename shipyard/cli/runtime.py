@@ -6,6 +6,7 @@ starts at once instead of paying 10-40 s for a temporary server. 'shipyard down'
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ from shipyard.processes import answers
 from shipyard.settings import Settings
 
 # Prefect's own wait for a temporary server (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 20 s) is too
-# short for a first start on a busy machine; ours waits longer and fails with one line.
-STARTUP_TIMEOUT = 300.0
+# short for a first start on a busy machine: both waits follow SHIPYARD_PREFECT_START_TIMEOUT_SECONDS instead.
+EPHEMERAL_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+EPHEMERAL_TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 SERVICE = "prefect-server"
 
 
@@ -36,7 +38,17 @@ def choose_prefect_api(settings: Settings) -> str | None:
         url = local_prefect_url(settings)
     if url is not None:
         os.environ["PREFECT_API_URL"] = url
+    else:  # Prefect starts a temporary server: give it our timeout, unless Prefect's own setting is set
+        os.environ.setdefault(EPHEMERAL_TIMEOUT, str(math.ceil(settings.prefect_start_timeout_seconds)))
     return url
+
+
+def ephemeral_timeout_error(exc: BaseException) -> ShipyardError | None:
+    """Return a one-line error for Prefect's "temporary server did not start" RuntimeError, else None."""
+    if not isinstance(exc, RuntimeError) or not str(exc).startswith(EPHEMERAL_TIMED_OUT):
+        return None
+    return ShipyardError("the temporary Prefect server did not answer in time: raise "
+                         "SHIPYARD_PREFECT_START_TIMEOUT_SECONDS, or start a lasting one with 'shipyard up'")
 
 
 def start_local_prefect(settings: Settings) -> processes.Service | None:
@@ -72,7 +84,7 @@ def ready_prefect_api(settings: Settings) -> str:
     if settings.prefect_api_url is None:
         starting = processes.find(settings.home, SERVICE)
         if starting is not None:
-            processes.wait_ready(starting, f"{url}/health", STARTUP_TIMEOUT)
+            processes.wait_ready(starting, f"{url}/health", settings.prefect_start_timeout_seconds)
         elif not answers(f"{url}/health", timeout=5):
             raise ShipyardError(f"the local Prefect server at {url} does not answer (start it with 'shipyard up')")
     return url

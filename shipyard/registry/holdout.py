@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import DataLoader
 
 from shipyard import datasets
 from shipyard.errors import RegistryError
 from shipyard.refs import DatasetRef
 from shipyard.storage import Store
 from shipyard.training import TrainContext, TrainResult, cached_result, load_model, load_recipe
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 TAG_HOLDOUT = "shipyard.holdout"
 EVAL_BATCH = 512
@@ -70,6 +71,9 @@ def training_of(store: Store, train_key: str | None, what: str) -> TrainResult:
 def score(store: Store, cache: Path, holdout: Holdout, challenger: TrainResult,
           models: dict[str, TrainResult]) -> HoldoutScores:
     """Evaluate every model in ``models`` (version -> training) on the holdout rows, on the CPU."""
+    import torch  # here, not at import: a gate that evaluates nothing (a cached rerun) needs no torch
+    from torch.utils.data import DataLoader
+
     params = challenger.params.model_copy(update={"seed": holdout.seed, "val_fraction": holdout.val_fraction})
     recipe = load_recipe(params.entrypoint, params)
     data_dir = datasets.pull(store, holdout.dataset.name, holdout.dataset.version, cache)

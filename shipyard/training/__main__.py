@@ -19,7 +19,7 @@ from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
-from shipyard.training.loop import EpochMetrics
+from shipyard.training.metrics import EpochMetrics
 from shipyard.training.trainer import train
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from shipyard.training.loop import EpochMetrics
+from shipyard.training.metrics import EpochMetrics
 
 
 def curves_png(history: Sequence[EpochMetrics], title: str = "") -> bytes:

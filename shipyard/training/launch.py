@@ -20,8 +20,7 @@ from shipyard.lease import lease
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.storage import Store
-from shipyard.training.distributed import processes_for, torchrun_command, visible_gpus
-from shipyard.training.loop import EpochMetrics
+from shipyard.training.metrics import EpochMetrics
 from shipyard.training.preemption import PreemptionGuard
 from shipyard.training.trainer import TrainResult, cached_result, train, training_prefix
 
@@ -59,6 +58,8 @@ def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, dat
     with tempfile.TemporaryDirectory(prefix="shipyard-train-") as tmp:
         params_file = Path(tmp) / "params.json"
         params_file.write_text(params.model_dump_json())
+        from shipyard.training.distributed import torchrun_command
+
         command = torchrun_command(nproc, dataset, version, params_file, data_dir, key)
         log.info("starting %d training workers: %s", nproc, " ".join(command))
         tail: deque[str] = deque(maxlen=5)
@@ -80,6 +81,8 @@ def run_workers(nproc: int, dataset: str, version: str, params: TrainParams, dat
 def train_on_this_node(store: Store, dataset: DatasetRef, params: TrainParams, data_dir: Path, key: str,
                        on_line: Callable[[str], None] = log.info) -> TrainResult:
     """Train under ``key`` with one torchrun worker per visible GPU, or in this process; return the result."""
+    from shipyard.training.distributed import processes_for, visible_gpus  # torch: only when training here
+
     nproc = processes_for(visible_gpus())
     if nproc <= 1:
         return train(store, dataset, params, data_dir, on_epoch=lambda e: on_line(epoch_line(e, params.epochs)),

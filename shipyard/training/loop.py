@@ -6,14 +6,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -22,6 +21,7 @@ from shipyard.params import TrainParams
 from shipyard.storage import Store
 from shipyard.training import checkpoint
 from shipyard.training.distributed import World, any_rank, mean_over_ranks
+from shipyard.training.metrics import EpochCallback, EpochMetrics
 from shipyard.training.preemption import PreemptionGuard
 from shipyard.training.recipe import Recipe, TrainContext
 
@@ -30,19 +30,7 @@ log = logging.getLogger(__name__)
 # In DDP every rank must agree on when to stop; asking costs a collective, so ask every few steps.
 DDP_STOP_CHECK_EVERY = 8
 
-
-class EpochMetrics(BaseModel):
-    """Metrics of one finished epoch."""
-
-    epoch: int
-    step: int
-    train_loss: float
-    metrics: dict[str, float]
-    seconds: float
-    samples: int
-
-
-EpochCallback = Callable[[EpochMetrics], None]
+__all__ = ["EpochCallback", "EpochMetrics", "Loop", "seed_everything", "validate_for_data"]
 
 
 def seed_everything(seed: int, device: torch.device) -> None:

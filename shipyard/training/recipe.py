@@ -17,16 +17,18 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ValidationError
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from shipyard.errors import ConfigError, TrainingError
 from shipyard.params import TrainParams
+
+if TYPE_CHECKING:  # torch is imported where a model is built or trained, not to name a recipe or check its params
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
 
 
 @dataclass
@@ -49,6 +51,8 @@ class TrainContext:
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Record a scalar for this step; the epoch reports the mean of what was logged."""
+        import torch  # already loaded: the value came from a model
+
         if isinstance(value, torch.Tensor):
             value = value.detach().float()  # summed on the device: no host sync per step
         total, count = self._sums.get(name, (0.0, 0))

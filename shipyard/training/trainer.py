@@ -11,8 +11,8 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, Field
 
 import shipyard
@@ -21,14 +21,19 @@ from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.storage import Store
 from shipyard.training.codehash import RecipeCode, recipe_code
-from shipyard.training.distributed import World, barrier, gather_over_ranks, join, leave
-from shipyard.training.loop import EpochCallback, EpochMetrics, Loop, validate_for_data
+from shipyard.training.metrics import EpochCallback, EpochMetrics
 from shipyard.training.recipe import load_recipe, validate_recipe_params
+
+if TYPE_CHECKING:  # torch, the loop and DDP load when a model is trained or loaded: a cached run needs none
+    import torch
+
+    from shipyard.training.distributed import World
+    from shipyard.training.loop import Loop
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EpochMetrics", "TrainResult", "TrainingPlan", "cached_result", "inputs_key", "load_model",
-           "plan_training", "resolve_params", "train", "training_key", "validate_for_data"]
+           "plan_training", "resolve_params", "train", "training_key"]
 
 
 class TrainResult(BaseModel):
@@ -152,6 +157,8 @@ def cached_result(store: Store, key: str) -> TrainResult | None:
 
 def load_model(store: Store, result: TrainResult) -> torch.nn.Module:
     """Rebuild the recipe's model and load the trained weights from the store."""
+    import torch
+
     recipe = load_recipe(result.params.entrypoint, result.params)
     model = recipe.build_model()
     state = torch.load(io.BytesIO(store.read_bytes(*result.model_parts())), map_location="cpu", weights_only=True)
@@ -167,6 +174,9 @@ def train(store: Store, dataset: DatasetRef, params: TrainParams, data_dir: Path
     the run writes a checkpoint and then lets the signal act (see :mod:`shipyard.training.preemption`);
     calling this again resumes where it stopped.
     """
+    from shipyard.training.distributed import barrier, gather_over_ranks, join, leave
+    from shipyard.training.loop import Loop
+
     code = recipe_code(params.entrypoint)
     key = key or training_key(dataset, params, code.hash)
     recipe = load_recipe(params.entrypoint, params)
@@ -200,6 +210,8 @@ def _rank_rate(loop: Loop) -> float:
 
 def _save_result(store: Store, key: str, dataset: DatasetRef, params: TrainParams, code: RecipeCode, loop: Loop,
                  world: World, rates: list[float]) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in loop.model.state_dict().items()}, buffer)
     store.write_bytes(buffer.getvalue(), *training_prefix(key), "model.pt")

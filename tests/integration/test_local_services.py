@@ -53,14 +53,32 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
     assert probabilities.index(max(probabilities)) == 0  # the curl line sends a real handwritten 0
     assert (tmp_path / ".shipyard" / "mlflow.db").exists()
 
-    rerun = _shipyard("demo")
+    # The rerun, with Python's import log on: everything is cached, so it must not import torch or scikit-learn
+    # (about 3 s of a 5 s budget); a changed recipe would retrain, which the training-cache tests check.
+    rerun = subprocess.run([sys.executable, "-X", "importtime", "-m", "shipyard.cli", "demo"],
+                           capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in rerun.stderr.splitlines() if line.startswith("import time:")}
+    assert "mlflow" in imported  # the import log is there (the registry checks need MLflow)
+    assert not imported & {"torch", "sklearn", "matplotlib"}, sorted(imported & {"torch", "sklearn", "matplotlib"})
     # The rerun uses the server the first run left running: no server start, a link into its UI.
     assert "Starting the local Prefect server" not in rerun.stdout
     assert f"({prefect_url}/runs/flow-run/" in rerun.stdout
     combined = rerun.stdout + rerun.stderr
     assert "cache hit: dataset digits" in combined and "cache hit: training" in combined
     assert "version 1 (champion)" in rerun.stdout
+
+
+def test_a_temporary_prefect_server_too_slow_to_start_is_one_line(local_ports: dict[str, int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # No lasting server here, so `rollout to` runs its flow on a temporary one, which cannot answer within 1 s.
+    monkeypatch.setenv("SHIPYARD_PREFECT_START_TIMEOUT_SECONDS", "0.5")
+    done = _shipyard("rollout", "to", "1", "--model-name", "digits-classifier", timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = ("shipyard: error: the temporary Prefect server did not answer in time: raise "
+             "SHIPYARD_PREFECT_START_TIMEOUT_SECONDS, or start a lasting one with 'shipyard up'")
+    assert error in done.stderr.splitlines()
 
 
 def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dict[str, int]) -> None:

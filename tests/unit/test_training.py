@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -171,3 +172,13 @@ def test_the_torchrun_command_runs_the_training_module_on_one_node(tmp_path: Pat
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
     assert command[6:] == ["shipyard.training", "--dataset", "digits", "--version", "abc123",
                            "--params", str(tmp_path / "params.json"), "--data-dir", str(tmp_path / "data")]
+
+
+def test_the_digits_example_is_scikit_learns_first_two_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from shipyard.training.digits import DigitsRecipe
+
+    expected = (load_digits().data[:2] / 16.0).astype(np.float32)
+    example = DigitsRecipe(TrainParams()).input_example()
+    assert example.dtype == np.float32 and np.array_equal(example, expected)
