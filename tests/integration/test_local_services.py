@@ -72,6 +72,13 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
 def test_a_temporary_prefect_server_too_slow_to_start_is_one_line(local_ports: dict[str, int],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # No lasting server here, so `rollout to` runs its flow on a temporary one, which cannot answer within 1 s.
+    # The version must exist: `rollout to` checks it before any server starts.
+    from shipyard import registry
+    from shipyard.settings import Settings
+
+    mlflow_client = registry.client(Settings())
+    mlflow_client.create_registered_model("digits-classifier")
+    mlflow_client.create_model_version("digits-classifier", source=(Path.cwd() / "absent").as_uri())
     monkeypatch.setenv("SHIPYARD_PREFECT_START_TIMEOUT_SECONDS", "0.5")
     done = _shipyard("rollout", "to", "1", "--model-name", "digits-classifier", timeout=300)
     assert done.returncode == 1
