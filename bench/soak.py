@@ -136,8 +136,8 @@ def run(minutes: float, threads: int, bucket_s: float, work: Path) -> dict[str, 
     from shipyard.rollout.champion import champion_version, restore_champion, set_champion
     from shipyard.rollout.local import LocalTarget
     from shipyard.settings import load_settings
-    from tests.serving_models import EXAMPLE, register_broken, register_torch
     from tests.servers import free_port
+    from tests.serving_models import EXAMPLE, register_broken, register_torch
 
     os.environ.update({"SHIPYARD_HOME": str(work / "home"), "SHIPYARD_INFERENCE_PORT": str(free_port()),
                        "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # the broken model's class
