@@ -36,3 +36,8 @@ def test_beating_the_champion_needs_at_least_the_margin(mine: float, outcome: st
     verb = "beats" if outcome == "promoted" else "does not beat"
     by = "by at least the margin" if outcome == "promoted" else "by the margin"
     assert reason == f"val_accuracy {mine:.4f} {verb} champion v4's 0.9000 {by} 0.01 on the same holdout"
+
+
+def test_a_champion_without_the_metric_is_beaten_with_a_reason_not_a_crash() -> None:
+    assert verdict({"val_accuracy": 0.5}, {"loss": 0.1}, "2", PARAMS) == (
+        "promoted", "val_accuracy 0.5000; champion v2 reports no 'val_accuracy' on the same holdout")
