@@ -85,6 +85,8 @@ _SCAN = ("the ordered scan is a shortcut: when it yields nothing, get() asks the
 _BUSY = "SQLite busy timeout of 31 s instead of 30 s"
 _CODE = "training_key() computes the same code hash itself when given None"
 _FORCE = "only the forced key's salt constant changes: a forced run still gets a key of its own"
+_SEED = ("another seed per (seed, epoch): a resumed run still sees the batches the uninterrupted one saw, "
+         "and epochs still differ")
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
 _W = "shipyard.datasets.worklist.xǁWorkListǁ"
@@ -104,6 +106,7 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_W}plan__mutmut_{n}": "another split limit: field 1 (the size) is the same" for n in (23, 26)},
     **{f"{_T}{n}": _CODE for n in (13, 39, 42)},
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
+    **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
     "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
 }
 
