@@ -193,7 +193,10 @@ def verdict(mine: dict[str, float], theirs: dict[str, float] | None, champion: s
         return "challenger", "below the thresholds: " + "; ".join(low)
     if champion is None or theirs is None:
         return "promoted", f"first {CHAMPION}: {metric} {mine[metric]:.4f} on the holdout"
-    if mine[metric] >= theirs.get(metric, float("-inf")) + params.promotion_margin:
+    if metric not in theirs:  # a champion whose recipe did not report the metric is beaten by one that does
+        return "promoted", (f"{metric} {mine[metric]:.4f}; {CHAMPION} v{champion} reports no '{metric}' "
+                            "on the same holdout")
+    if mine[metric] >= theirs[metric] + params.promotion_margin:
         return "promoted", (f"{metric} {mine[metric]:.4f} beats {CHAMPION} v{champion}'s {theirs[metric]:.4f} "
                             f"by at least the margin {params.promotion_margin} on the same holdout")
     return "challenger", (f"{metric} {mine[metric]:.4f} does not beat {CHAMPION} v{champion}'s "

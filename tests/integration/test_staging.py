@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from shipyard.datasets.manifest import manifest_key
 from shipyard.errors import DatasetError, StoreError
 from shipyard.settings import load_settings
 from shipyard.storage import AlreadyExists, Store, filesystem
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import FaultProxy, Rule
 from tests.integration.conftest import S3
 
 MiB = 2**20
@@ -110,13 +111,38 @@ def _cli(args: list[str], endpoint: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+class _MeetingProxy(FaultProxy):
+    """A proxy that holds each object upload until the other staging's proxy has seen one too.
+
+    Both stagings reach their uploads, then wait for each other: ``met`` is True only if each proxy saw an
+    object PUT while the other staging was mid-upload, so the two were in flight at once (no clock involved).
+    """
+
+    def __init__(self, upstream: str, wait_s: float = 20.0) -> None:
+        super().__init__(upstream)
+        self.arrived = threading.Event()
+        self.other: _MeetingProxy | None = None
+        self.met: bool | None = None  # None: no object PUT seen yet
+        self._wait_s = wait_s
+
+    def take(self, method: str, path: str) -> Rule | None:
+        if method == "PUT" and "/store/objects/" in path and self.other is not None:
+            self.arrived.set()
+            if self.met is None or self.met:  # after one timeout, stop holding requests
+                met = self.other.arrived.wait(self._wait_s)
+                self.met = met if self.met is None else self.met and met
+        return super().take(method, path)
+
+
 def test_two_concurrent_stagings_publish_one_intact_version(s3: S3, tmp_path: Path) -> None:
     source = make_source(tmp_path / "src", shards=6)
-    with FaultProxy(s3.endpoint) as proxy:
-        proxy.inject("delay", "PUT", "/store/objects/", times=100, delay=0.2)  # keep both mid-upload together
-        procs = [_cli(["stage", "digits", str(source), "--jobs", "2", "--rehash"], proxy.url) for _ in range(2)]
+    with _MeetingProxy(s3.endpoint) as first, _MeetingProxy(s3.endpoint) as second:
+        first.other, second.other = second, first
+        procs = [_cli(["stage", "digits", str(source), "--jobs", "2", "--rehash"], proxy.url)
+                 for proxy in (first, second)]
         outputs = [p.communicate(timeout=120) for p in procs]
 
+    assert (first.met, second.met) == (True, True), "the two stagings never uploaded at the same time"
     assert [p.returncode for p in procs] == [0, 0], outputs
     lines = sorted(out.strip() for out, _ in outputs)
     versions = {line.split()[0] for line in lines}

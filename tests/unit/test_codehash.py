@@ -95,6 +95,18 @@ def test_force_trains_under_a_key_of_its_own(user_code: tuple[str, Path], store:
     assert plan_training(store, REF, params).cached is not None  # the unforced result is still there
 
 
+def test_forced_runs_train_apart_and_a_retried_forced_run_finds_its_own_result(
+        user_code: tuple[str, Path], store: Store, digits: Path) -> None:
+    params = resolve_params(TrainParams(entrypoint=user_code[0], epochs=1, hidden_units=8))
+    first = plan_training(store, REF, params, force=True, salt="run-1")
+    second = plan_training(store, REF, params, force=True, salt="run-2")
+    assert len({first.key, second.key, plan_training(store, REF, params).key}) == 3
+    train(store, REF, params, digits, key=first.key)
+    retried = plan_training(store, REF, params, force=True, salt="run-1")  # the same forced run, retried
+    assert retried.key == first.key and retried.cached is not None and retried.cached.key == first.key
+    assert plan_training(store, REF, params, force=True, salt="run-2").cached is None
+
+
 def test_shipyards_own_recipe_hashes_its_module_only() -> None:
     code = recipe_code("shipyard.training.digits:recipe")
     assert code.files == 1 and code.root.endswith("training")

@@ -110,6 +110,39 @@ def test_progress_reports_each_phase_to_completion(store: Store, tmp_path: Path)
         assert last.done == last.total and last.fraction == 1.0
 
 
+def test_a_restaging_uploads_and_reports_exactly_the_edited_bytes_even_under_a_name_with_spaces(
+        store: Store, tmp_path: Path) -> None:
+    source = make_source(tmp_path / "src")
+    (source / "notes with spaces.txt").write_text("first draft\n")
+    datasets.stage(store, "mixed", str(source))
+    edited = "second draft, longer than the first\n"
+    (source / "notes with spaces.txt").write_text(edited)
+    events: list[datasets.StageProgress] = []
+
+    result = datasets.stage(store, "mixed", str(source), progress=events.append)
+
+    assert result.created and (result.files_uploaded, result.bytes_uploaded) == (1, len(edited))
+    assert {e.total for e in events if e.phase == "upload"} == {len(edited)}
+    pulled = datasets.pull(store, "mixed", result.version, tmp_path / "pulled")
+    assert (pulled / "notes with spaces.txt").read_text() == edited
+
+
+def test_a_staging_that_loses_the_race_returns_the_winners_version_and_leaves_its_manifest_alone(
+        store: Store, tmp_path: Path) -> None:
+    source = str(make_source(tmp_path / "src"))
+    won: list[datasets.StageResult] = []
+
+    def race(event: datasets.StageProgress) -> None:  # another staging of the same source finishes first
+        if event.phase == "upload" and not won:
+            won.append(datasets.stage(store, "mixed", source))
+
+    lost = datasets.stage(store, "mixed", source, progress=race)
+
+    assert won[0].created and not lost.created
+    assert lost.version == won[0].version and lost.manifest == won[0].manifest  # the winner's, created_at included
+    assert datasets.load_manifest(store, "mixed", lost.version).created_at == won[0].manifest.created_at
+
+
 def _write(path: Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)

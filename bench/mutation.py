@@ -1,0 +1,211 @@
+"""Mutation testing of the decision-making code: how many mutants of each area its fast tests kill.
+
+Runs mutmut (``pip install -e '.[mutation]'``) once per area, in a scratch copy of the working tree (mutmut
+writes its mutants under the copy, never into the checkout), mutating only the functions that decide
+(promotion, rollout and rollback, checkpoint restore, staging order, cache keys) against the tests chosen for
+that area. Slow (minutes to an hour per area on two cores), so it is not part of ``scripts/test``.
+
+    .venv/bin/python -m bench.mutation                  # every area
+    .venv/bin/python -m bench.mutation cache-keys       # one area; results are cached in the scratch copy
+    .venv/bin/python -m bench.mutation --report         # print the table again from the cached results
+
+Equivalent mutants (a change no user can observe) are listed in ``EQUIVALENT`` with the reason, and are
+counted apart from the survivors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALSO_COPY = ["flows", "tasks", "deployments", "bench", "examples", "infra", "scripts", "prefect.yaml"]
+
+
+@dataclass(frozen=True)
+class Area:
+    """Files mutmut may mutate, the mutant names (globs) that count, and the tests that must kill them."""
+
+    files: tuple[str, ...]
+    mutants: tuple[str, ...]
+    tests: tuple[str, ...]
+
+
+AREAS: dict[str, Area] = {
+    "promotion": Area(
+        files=("shipyard/registry/gate.py",),
+        mutants=("shipyard.registry.gate.x_verdict__*",),
+        tests=("tests/unit/test_promotion.py",),
+    ),
+    # Needs a real MLflow server per mutant (minutes each on two cores): run where there is time.
+    "promotion-registry": Area(
+        files=("shipyard/registry/gate.py", "shipyard/registry/aliases.py"),
+        mutants=("shipyard.registry.gate.x__decide__*", "shipyard.registry.aliases.x_move__*",
+                 "shipyard.registry.aliases.x__restore__*", "shipyard.registry.aliases.x__set__*"),
+        tests=("tests/integration/test_registry_gate.py",),
+    ),
+    "rollout-rollback": Area(
+        files=("shipyard/rollout/local.py", "shipyard/rollout/champion.py"),
+        mutants=("shipyard.rollout.local.xǁLocalTargetǁroll_out__*", "shipyard.rollout.champion.*"),
+        tests=("tests/integration/test_serving_rollout.py",),
+    ),
+    "checkpoint-restore": Area(
+        files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
+        mutants=("shipyard.training.checkpoint.*", "shipyard.training.loop.xǁLoopǁresume__*",
+                 "shipyard.training.loop.xǁLoopǁstate__*", "shipyard.training.loop.xǁBatchesǁepoch__*"),
+        tests=("tests/unit/test_training_resume.py",
+               "tests/unit/test_training.py::test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one",
+               "tests/unit/test_training.py::test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one"),
+    ),
+    "staging-order": Area(
+        files=("shipyard/datasets/worklist.py", "shipyard/datasets/transfer.py", "shipyard/datasets/stage.py"),
+        mutants=("shipyard.datasets.worklist.*", "shipyard.datasets.transfer.x_in_order__*",
+                 "shipyard.datasets.transfer.x__resolve__*", "shipyard.datasets.stage.x__publish__*"),
+        tests=("tests/unit/test_datasets.py",),
+    ),
+    "cache-keys": Area(
+        files=("shipyard/training/codehash.py", "shipyard/training/trainer.py", "shipyard/datasets/hashing.py"),
+        mutants=("shipyard.training.codehash.*", "shipyard.training.trainer.x_inputs_key__*",
+                 "shipyard.training.trainer.x_training_key__*", "shipyard.training.trainer.x_plan_training__*",
+                 "shipyard.training.trainer.x__last_code_hash__*", "shipyard.datasets.hashing.*"),
+        tests=("tests/unit/test_codehash.py", "tests/unit/test_datasets.py"),
+    ),
+}
+
+_SQL_CASE = "SQLite keywords, pragma and column names are case-insensitive"
+_SCAN = ("the ordered scan is a shortcut: when it yields nothing, get() asks the same table with a point query, "
+         "so the answer is the same (only slower)")
+_BUSY = "SQLite busy timeout of 31 s instead of 30 s"
+_CODE = "training_key() computes the same code hash itself when given None"
+_FORCE = "only the forced key's salt constant changes: a forced run still gets a key of its own"
+_SEED = ("another seed per (seed, epoch): a resumed run still sees the batches the uninterrupted one saw, "
+         "and epochs still differ")
+_H = "shipyard.datasets.hashing.xǁHashCacheǁ"
+_T = "shipyard.training.trainer.x_plan_training__mutmut_"
+_W = "shipyard.datasets.worklist.xǁWorkListǁ"
+
+# mutant name -> why no user can tell it from the original (reviewed one by one)
+EQUIVALENT: dict[str, str] = {
+    **{f"{_H}_conn__mutmut_{n}": _SQL_CASE for n in (19, 20, 23, 24)},
+    **{f"{_H}get__mutmut_{n}": _SQL_CASE for n in (11, 12, 14, 15)},
+    **{f"{_H}_scanned__mutmut_{n}": _SQL_CASE for n in (18, 19, 21, 22)},
+    f"{_H}_conn__mutmut_15": _BUSY, f"{_H}_scanned__mutmut_9": _BUSY,
+    f"{_H}get__mutmut_2": _SCAN, f"{_H}__init____mutmut_7": _SCAN, f"{_H}__init____mutmut_8": _SCAN,
+    **{f"{_H}_scanned__mutmut_{n}": _SCAN for n in (1, 23, 30, 35, 39, 43)},
+    f"{_H}_scanned__mutmut_40": "a row of another path is only used if its (dev, inode, size, mtime, ctime) equal "
+                                "this file's: the same file under another name (a hard link), same bytes",
+    **{f"{_W}remember__mutmut_{n}": _SQL_CASE for n in (3, 9, 10, 13)},
+    **{f"{_W}plan__mutmut_{n}": _SQL_CASE for n in (3, 9, 10, 12, 13, 17)},
+    **{f"{_W}plan__mutmut_{n}": "another split limit: field 1 (the size) is the same" for n in (23, 26)},
+    **{f"{_T}{n}": _CODE for n in (13, 39, 42)},
+    **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
+    **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
+    "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
+
+
+def prepare(area: str, spec: Area, scratch: Path) -> Path:
+    """Copy the tracked tree into ``scratch/area`` (keeping mutmut's cache) and write its mutmut config."""
+    work = scratch / area
+    work.mkdir(parents=True, exist_ok=True)
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+    for rel in tracked:
+        src, dst = ROOT / rel, work / rel
+        if src.is_file() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    lines = ["[mutmut]", "source_paths = shipyard", "only_mutate =", *(f"    {f}" for f in spec.files),
+             "also_copy =", *(f"    {p}" for p in ALSO_COPY),
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in spec.tests),
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -m", "    not drill and not cluster",
+             "process_isolation = forkserver", "use_git_change_detection = false",
+             # a mutant that makes a test hang is a kill; waiting 15 times the test's time for it (the default)
+             # costs most of a run on a shared machine
+             "timeout_multiplier = 3", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return work
+
+
+def run(area: str, spec: Area, scratch: Path, children: int) -> None:
+    """Run mutmut over the area's mutants."""
+    work = prepare(area, spec, scratch)
+    mutmut = Path(sys.executable).parent / "mutmut"
+    env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
+    for _ in range(2):  # mutmut's first statistics run sometimes fails where the second passes
+        done = subprocess.run([str(mutmut), "run", "--max-children", str(children), *spec.mutants], cwd=work,
+                              env=env, check=False)
+        if done.returncode == 0:
+            break
+
+
+def results(area: str, spec: Area, scratch: Path) -> dict[str, list[str]]:
+    """Return the area's mutant names by outcome, from mutmut's cached results."""
+    by: dict[str, list[str]] = {}
+    for file in spec.files:
+        meta = scratch / area / "mutants" / f"{file}.meta"
+        if not meta.exists():
+            continue
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in codes.items():
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.mutants):
+                continue
+            status = "equivalent" if name in EQUIVALENT else STATUS.get(code, "not checked" if code is None
+                                                                         else "suspicious")
+            by.setdefault(status, []).append(name)
+    return by
+
+
+def table(areas: list[str], scratch: Path) -> str:
+    """Render the per-area table (markdown) with the share of non-equivalent mutants killed."""
+    rows = ["| Area | Mutants | Checked | Killed | Survived | Timeouts | Equivalent | No tests | Score |",
+            "|------|---------|---------|--------|----------|----------|------------|----------|-------|"]
+    for area in areas:
+        by = results(area, AREAS[area], scratch)
+        n = {k: len(v) for k, v in by.items()}
+        total = sum(n.values())
+        caught = n.get("killed", 0) + n.get("timeout", 0)
+        counted = total - n.get("equivalent", 0) - n.get("not checked", 0)
+        score = f"{100 * caught / counted:.0f}%" if counted else "—"
+        cells = [area, total, total - n.get("not checked", 0), *(n.get(k, 0) for k in
+                 ("killed", "survived", "timeout", "equivalent", "no tests")), score]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("areas", nargs="*", help=f"areas to run (default: all): {', '.join(AREAS)}")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/shipyard-mutation"),
+                        help="where the copies and mutmut's cache live")
+    parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--report", action="store_true", help="only print the table from cached results")
+    parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants")
+    args = parser.parse_args(argv)
+    areas = args.areas or list(AREAS)
+    unknown = [a for a in areas if a not in AREAS]
+    if unknown:
+        parser.error(f"unknown area {unknown[0]!r}: choose from {', '.join(AREAS)}")
+    if not args.report:
+        for area in areas:
+            run(area, AREAS[area], args.scratch, args.children)
+    print(table(areas, args.scratch))
+    if args.survivors:
+        for area in areas:
+            for name in sorted(results(area, AREAS[area], args.scratch).get("survived", [])):
+                print(f"survived: {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
