@@ -132,8 +132,13 @@ def _mlflow_invocations(served: Served, body: bytes, content_type: str) -> tuple
         # Answered in one line, without MLflow's stack trace or its echo of the request's data; the trace
         # stays in the server's log.
         status = int(exc.get_http_status_code())  # type: ignore[no-untyped-call]
-        log.debug("request refused with HTTP %d: %s\n%s", status, exc.message, getattr(exc, "stack_trace", ""))
-        return status, _error(str(exc.error_code), _mlflow_message(str(exc.message))), 0
+        log.debug("request refused with HTTP %d: %s\n%s", status, exc.message,
+                  getattr(exc, "json_kwargs", {}).get("stack_trace", ""))
+        message = _mlflow_message(str(exc.message))
+        cause = _cause(str(getattr(exc, "json_kwargs", {}).get("stack_trace") or ""))
+        if cause and cause not in message:  # the model's own error, e.g. "ValueError: matmul: shapes do not align"
+            message = f"{message} ({cause})"
+        return status, _error(str(exc.error_code), message), 0
     payload = result.response.encode() if isinstance(result.response, str) else result.response
     if int(result.status) != 200 and not payload.lstrip().startswith(b"{"):  # MLflow's plain-text refusals (415)
         return int(result.status), _error("BAD_REQUEST", _mlflow_message(payload.decode(errors="replace"))), 0
@@ -148,6 +153,12 @@ def _mlflow_message(message: str) -> str:
     message = " ".join(message.split())
     message = re.sub(r"Failed to enforce schema of data '.*?' with schema", "Failed to enforce schema", message)
     return message if len(message) <= 500 else message[:497] + "..."
+
+
+def _cause(trace: str) -> str:
+    """Return the exception line that ends a stack trace (one line, at most 300 characters), or ''."""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def _error(code: str, message: str) -> bytes:
