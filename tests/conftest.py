@@ -28,4 +28,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path / ".shipyard"))
     monkeypatch.chdir(tmp_path)
+    _forget_credentials()
     yield tmp_path
+    _forget_credentials()
+
+
+def _forget_credentials() -> None:
+    """Drop the process's cached boto sessions: they keep the credentials of the environment they first met,
+    and each test has its own (a real process has one environment for its life)."""
+    from shipyard import storage
+
+    storage._boto_session.cache_clear()
+    storage._aio_session.cache_clear()
