@@ -60,7 +60,7 @@ AREAS: dict[str, Area] = {
         files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
         mutants=("shipyard.training.checkpoint.*", "shipyard.training.loop.xǁLoopǁresume__*",
                  "shipyard.training.loop.xǁLoopǁstate__*", "shipyard.training.loop.xǁBatchesǁepoch__*"),
-        tests=("tests/unit/test_training_resume.py",
+        tests=("tests/unit/test_training_resume.py", "tests/unit/test_training_batches.py",
                "tests/unit/test_training.py::test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one",
                "tests/unit/test_training.py::test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one"),
     ),
@@ -68,7 +68,7 @@ AREAS: dict[str, Area] = {
         files=("shipyard/datasets/worklist.py", "shipyard/datasets/transfer.py", "shipyard/datasets/stage.py"),
         mutants=("shipyard.datasets.worklist.*", "shipyard.datasets.transfer.x_in_order__*",
                  "shipyard.datasets.transfer.x__resolve__*", "shipyard.datasets.stage.x__publish__*"),
-        tests=("tests/unit/test_datasets.py",),
+        tests=("tests/unit/test_datasets.py", "tests/unit/test_worklist.py"),
     ),
     "cache-keys": Area(
         files=("shipyard/training/codehash.py", "shipyard/training/trainer.py", "shipyard/datasets/hashing.py"),
@@ -87,6 +87,14 @@ _CODE = "training_key() computes the same code hash itself when given None"
 _FORCE = "only the forced key's salt constant changes: a forced run still gets a key of its own"
 _SEED = ("another seed per (seed, epoch): a resumed run still sees the batches the uninterrupted one saw, "
          "and epochs still differ")
+_UTF8 = ("open() without an encoding uses the locale's, which is UTF-8 on every supported image (C.UTF-8); "
+         "'UTF-8' and 'utf-8' name the same codec")
+_POSIX_NL = "writing with newline=None translates '\\n' to os.linesep, '\\n' on the POSIX hosts staging runs on"
+_SCRATCH = "the name of a file in the staging's private temporary directory, which nothing else reads"
+_TXN = ("every write is wrapped in an explicit BEGIN/COMMIT, so the driver's implicit transactions (the default "
+        "isolation level) never start: the same statements reach SQLite")
+_TICK = ("the progress heartbeat while a result is waited on comes every 1.2 s instead of 0.2 s: same results, "
+         "only the tick cadence, which no test may time")
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
 _W = "shipyard.datasets.worklist.xǁWorkListǁ"
@@ -104,6 +112,16 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_W}remember__mutmut_{n}": _SQL_CASE for n in (3, 9, 10, 13)},
     **{f"{_W}plan__mutmut_{n}": _SQL_CASE for n in (3, 9, 10, 12, 13, 17)},
     **{f"{_W}plan__mutmut_{n}": "another split limit: field 1 (the size) is the same" for n in (23, 26)},
+    **{f"{_W}plan__mutmut_{n}": _SQL_CASE for n in (30, 31)},
+    **{f"{_W}known__mutmut_{n}": _SQL_CASE for n in (7, 8)},
+    **{f"{_W}missing__mutmut_{n}": _SQL_CASE for n in (3, 4)},
+    **{f"{_W}__init____mutmut_{n}": _SQL_CASE for n in (29, 30)},
+    **{f"{_W}__init____mutmut_{n}": _UTF8 for n in (8, 12, 17)},
+    **{f"{_W}files__mutmut_{n}": _UTF8 for n in (2, 5, 8)},
+    **{f"{_W}__init____mutmut_{n}": _POSIX_NL for n in (9, 13)},
+    **{f"{_W}__init____mutmut_{n}": _SCRATCH for n in (3, 4, 24, 25)},
+    f"{_W}__init____mutmut_22": _TXN,
+    "shipyard.datasets.transfer.x__resolve__mutmut_8": _TICK,
     **{f"{_T}{n}": _CODE for n in (13, 39, 42)},
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
     **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
