@@ -14,6 +14,7 @@ from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url,
 from shipyard.datasets.validate import read_schemas
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.pipeline import up_to_date
 from shipyard.settings import Settings, load_settings, redact
 from shipyard.training.recipe import check_data, validate_recipe_params
 
@@ -130,6 +131,12 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
 def _execute(params: dict[str, Any]) -> int:
     settings = load_settings()
     _preflight(settings, params)  # bad input fails before anything is started or written
+    done = up_to_date(settings, **params)  # a rerun with nothing to do answers without starting a flow
+    if done is not None:
+        print("Nothing to do: this data is staged, trained, registered as champion and served; no pipeline run "
+              "was started (--force trains again)", flush=True)
+        _print_summary(done, settings, None)
+        return 0
     started = start_local_prefect(settings)
     if started is not None:
         print(f"Starting the local Prefect server at {ui_url(started.url, '')}; it keeps running, so the next run "
@@ -183,7 +190,7 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
     champion = " (champion)" if is_champion else f" ({result.gate_outcome}; champion stays version " \
                                                  f"{result.champion_version})"
     run_link = f"{mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id}"
-    flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""
+    flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + str(result.flow_run_id))})" if api_url else ""
     lines = [
         "",
         f"Dataset:     {result.dataset}",
@@ -196,9 +203,10 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
                   f"Try it:      {result.curl()}"]
     else:
         lines.append("Endpoint:    not rolled out (the version is not champion)")
-    lines += [f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
-              f"Prefect run: {result.flow_run_id}{flow_link}"]
-    if settings.is_local_mlflow():
+    lines.append(f"MLflow run:  {result.mlflow_run_id}  ({run_link})")
+    if result.flow_run_id is not None:
+        lines.append(f"Prefect run: {result.flow_run_id}{flow_link}")
+    if settings.is_local_mlflow() and result.flow_run_id is not None:
         lines.append("UIs:         the Prefect server keeps running for the next run; 'shipyard up' adds the MLflow UI "
                      "and a worker; 'shipyard down' stops everything")
     print("\n".join(lines), flush=True)
