@@ -80,6 +80,10 @@ def up_to_date(settings: Settings, dataset: DatasetParams, training: TrainParams
 
     if force:
         return None
+    target = targets.target(settings)
+    live = target.live()  # asked first, as the cheapest: on a fresh home nothing serves, and nothing else is read
+    if live is None or live.model.model_name != registry.model_name:
+        return None
     store = filesystem(settings)
     if dataset.version is not None:
         manifest: datasets.Manifest | None = datasets.load_staged(store, dataset.name, dataset.version)
@@ -98,7 +102,7 @@ def up_to_date(settings: Settings, dataset: DatasetParams, training: TrainParams
     if registration is None:
         return None
     champion = ModelRef(model_name=registration.model_name, version=registration.version)
-    served = already_serving(client, targets.target(settings), champion)
+    served = already_serving(client, target, champion)
     if served is None:
         return None
     return PipelineResult.build(trained, registration, served, None)

@@ -14,7 +14,8 @@ from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url,
 from shipyard.datasets.validate import read_schemas
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
-from shipyard.pipeline import up_to_date
+from shipyard.pipeline import PipelineResult, up_to_date
+from shipyard.rollout.local import LocalTarget
 from shipyard.settings import Settings, load_settings, redact
 from shipyard.training.recipe import check_data, validate_recipe_params
 
@@ -144,15 +145,16 @@ def _execute(params: dict[str, Any]) -> int:
     use_prefect_api(settings)  # Prefect reads PREFECT_API_URL at import: the import below overlaps the start
     from flows.pipeline import pipeline_flow
 
-    if started is not None:
-        _prepare_while_waiting(settings)
+    early = _prepare_while_waiting(settings) if started is not None else None
     api_url = ready_prefect_api(settings)
 
     print(f"Running stage -> train -> register -> roll out (Prefect: {api_url})", flush=True)
     state = pipeline_flow(**params, return_state=True)
-    if not state.is_completed():
+    result: PipelineResult | None = state.result() if state.is_completed() else None
+    if early is not None and (result is None or not result.rolled_out):
+        early.stop_if_idle()  # the server started ahead of a rollout that did not come
+    if result is None:
         raise _failure(state)
-    result = state.result()
     _print_summary(result, settings, api_url)
     return 0
 
@@ -163,14 +165,20 @@ def _execute(params: dict[str, Any]) -> int:
 FIRST_RUN_MODULES = ("shipyard.training.loop", "mlflow", "matplotlib.figure")
 
 
-def _prepare_while_waiting(settings: Settings) -> None:
-    """Load the first run's modules and open MLflow (on a fresh home: create its database) while Prefect boots."""
-    from shipyard import registry
+def _prepare_while_waiting(settings: Settings) -> LocalTarget | None:
+    """While Prefect boots: load the first run's modules, open MLflow (on a fresh home: create its database) and
+    start the local inference server (the rollout step waits for it). Return the target if its server was started.
+    """
+    from shipyard import registry, rollout
 
     for name in FIRST_RUN_MODULES:
         importlib.import_module(name)
     with registry.translate(settings.resolved_mlflow_uri()):
         registry.client(settings)  # MLflow keeps the store per URI: the tasks' clients reuse this one
+    target = rollout.target(settings)
+    if isinstance(target, LocalTarget) and target.start() is not None:
+        return target
+    return None
 
 
 def _failure(state: Any) -> Exception:
