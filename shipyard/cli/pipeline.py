@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
     run.add_argument("--set", dest="recipe_set", action="append", default=[], metavar="NAME=VALUE",
                      help="set one of the recipe's own parameters (repeatable; the value is read as YAML: 3, 0.5, "
                      "true, text); see docs/training.md")
-    run.add_argument("--force", action="store_true", help="train again even if a finished training matches")
+    run.add_argument("--force", action="store_true",
+                     help="train again even if a finished training matches (without it, a rerun whose every step "
+                     "is done answers 'Nothing to do' without starting a flow)")
     run.add_argument("--no-smoke-test", action="store_true", help="skip the smoke-test prediction")
     run.set_defaults(func=cmd_run)
 
