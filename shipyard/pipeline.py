@@ -1,4 +1,4 @@
-"""What a pipeline run produced, in one structure the CLI and tests read."""
+"""What a pipeline run produced, in one structure the CLI and tests read; and whether a run has anything to do."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 
 from pydantic import BaseModel, Field
 
+from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.registry import Registration
-from shipyard.rollout.base import RolloutResult
+from shipyard.rollout.base import ModelRef, RolloutResult
+from shipyard.settings import Settings
 from shipyard.training import TrainResult
 
 
@@ -28,12 +30,12 @@ class PipelineResult(BaseModel):
     mlflow_experiment_id: str
     endpoint: str | None = Field(description="None when nothing was rolled out (the version is not champion).")
     served_version: str | None
-    flow_run_id: str
+    flow_run_id: str | None = Field(description="None when no flow ran: every step was already done.")
     example: list[list[float]]
 
     @classmethod
     def build(cls, trained: TrainResult, registration: Registration, rollout: RolloutResult | None,
-              flow_run_id: str) -> PipelineResult:
+              flow_run_id: str | None) -> PipelineResult:
         """Gather the identifiers from each stage's output (``rollout`` None: nothing was rolled out)."""
         return cls(
             dataset=trained.dataset, train_key=trained.key,
@@ -57,3 +59,50 @@ class PipelineResult(BaseModel):
             return ""
         body = json.dumps({"inputs": self.example}, separators=(",", ":"))
         return f"curl -s -X POST {self.endpoint}/invocations -H 'Content-Type: application/json' -d '{body}'"
+
+
+def up_to_date(settings: Settings, dataset: DatasetParams, training: TrainParams, registry: RegisterParams,
+               rollout: RolloutParams, force: bool = False) -> PipelineResult | None:
+    """Return what a run with these parameters would report if every step found its work done, else None.
+
+    Each step asks, reading only, the question its task asks before doing anything: is this source already
+    a staged version, is there a finished training with this key, which version was registered from it, is
+    that version ``champion``, does the target serve it. The first "no" returns None (the pipeline has work
+    to do). The stage step hashes the source through the local hash cache; nothing else is written anywhere.
+    """
+    from shipyard import datasets
+    from shipyard import registry as models
+    from shipyard import rollout as targets
+    from shipyard.datasets.demo import resolve_source
+    from shipyard.rollout.champion import already_serving
+    from shipyard.storage import filesystem
+    from shipyard.training import plan_training, resolve_params
+
+    if force:
+        return None
+    target = targets.target(settings)
+    live = target.live()  # asked first, as the cheapest: on a fresh home nothing serves, and nothing else is read
+    if live is None or live.model.model_name != registry.model_name:
+        return None
+    store = filesystem(settings)
+    if dataset.version is not None:
+        manifest: datasets.Manifest | None = datasets.load_staged(store, dataset.name, dataset.version)
+    else:
+        manifest = datasets.find_staged(store, dataset.name, resolve_source(dataset.source, settings.home),
+                                        hash_cache=settings.hash_cache())
+    if manifest is None:
+        return None
+    ref = DatasetRef(name=manifest.dataset, version=manifest.version)
+    trained = plan_training(store, ref, resolve_params(training)).cached
+    if trained is None:
+        return None
+    client = models.client(settings)
+    registered = models.registered_version(client, registry.model_name, trained)
+    registration = None if registered is None else models.already_champion(client, registered, registry.metric)
+    if registration is None:
+        return None
+    champion = ModelRef(model_name=registration.model_name, version=registration.version)
+    served = already_serving(client, target, champion)
+    if served is None:
+        return None
+    return PipelineResult.build(trained, registration, served, None)

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
+    def hash_cache(self) -> Path:
+        """Return the SQLite file of known hashes of local source files (stat-keyed), under ``home``."""
+        return self.home / "cache" / "hashes.sqlite"
+
     def is_local_mlflow(self) -> bool:
         """Tell whether MLflow is the embedded SQLite database rather than a server."""
         return self.resolved_mlflow_uri().startswith("sqlite:")

@@ -57,7 +57,7 @@ def stage_dataset(dataset: DatasetParams) -> datasets.Manifest:
     artifact = create_progress_artifact(0.0, description=f"Staging {dataset.name} from {source}")
     progress = _ProgressArtifact(artifact if isinstance(artifact, UUID) else None)
     result = datasets.stage(store, dataset.name, source, progress=progress,
-                            hash_cache=settings.home / "cache" / "hashes.sqlite")
+                            hash_cache=settings.hash_cache())
     progress(datasets.StageProgress("upload", 1, 1))
     if result.created:
         logger.info("staged %s version %s (%s): %d objects, %d bytes uploaded", dataset.name, result.version,

@@ -13,8 +13,9 @@ import pytest
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "true"
 
-# Variables that would point a test at a developer's real services or credentials.
-_LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "KUBECONFIG")
+# Variables that would point a test at a developer's real services or credentials, or that an in-process CLI
+# call set for the process (the temporary Prefect server's start timeout) and its subprocesses would inherit.
+_LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "PREFECT_SERVER_EPHEMERAL", "KUBECONFIG")
 
 
 @pytest.fixture(autouse=True)

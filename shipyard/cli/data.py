@@ -109,7 +109,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     settings, store = _store()
     source = args.source if "://" in args.source else str(Path(args.source).expanduser().absolute())
     options = datasets.StageOptions(jobs=max(1, args.jobs))
-    cache = None if args.rehash else settings.home / "cache" / "hashes.sqlite"
+    cache = None if args.rehash else settings.hash_cache()
     with _progress_bar() as progress:
         result = datasets.stage(store, args.name, source, progress=progress, options=options, hash_cache=cache)
     state = "staged" if result.created else "already staged"

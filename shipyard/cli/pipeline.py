@@ -14,6 +14,8 @@ from shipyard.cli.runtime import ready_prefect_api, start_local_prefect, ui_url,
 from shipyard.datasets.validate import read_schemas
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.pipeline import PipelineResult, up_to_date
+from shipyard.rollout.local import LocalTarget
 from shipyard.settings import Settings, load_settings, redact
 from shipyard.training.recipe import check_data, validate_recipe_params
 
@@ -46,7 +48,9 @@ def register(sub: Any) -> None:
     run.add_argument("--set", dest="recipe_set", action="append", default=[], metavar="NAME=VALUE",
                      help="set one of the recipe's own parameters (repeatable; the value is read as YAML: 3, 0.5, "
                      "true, text); see docs/training.md")
-    run.add_argument("--force", action="store_true", help="train again even if a finished training matches")
+    run.add_argument("--force", action="store_true",
+                     help="train again even if a finished training matches (without it, a rerun whose every step "
+                     "is done answers 'Nothing to do' without starting a flow)")
     run.add_argument("--no-smoke-test", action="store_true", help="skip the smoke-test prediction")
     run.set_defaults(func=cmd_run)
 
@@ -130,6 +134,12 @@ def _preflight(settings: Settings, params: dict[str, Any]) -> None:
 def _execute(params: dict[str, Any]) -> int:
     settings = load_settings()
     _preflight(settings, params)  # bad input fails before anything is started or written
+    done = up_to_date(settings, **params)  # a rerun with nothing to do answers without starting a flow
+    if done is not None:
+        print("Nothing to do: this data is staged, trained, registered as champion and served; no pipeline run "
+              "was started (--force trains again)", flush=True)
+        _print_summary(done, settings, None)
+        return 0
     started = start_local_prefect(settings)
     if started is not None:
         print(f"Starting the local Prefect server at {ui_url(started.url, '')}; it keeps running, so the next run "
@@ -137,15 +147,16 @@ def _execute(params: dict[str, Any]) -> int:
     use_prefect_api(settings)  # Prefect reads PREFECT_API_URL at import: the import below overlaps the start
     from flows.pipeline import pipeline_flow
 
-    if started is not None:
-        _prepare_while_waiting(settings)
+    early = _prepare_while_waiting(settings) if started is not None else None
     api_url = ready_prefect_api(settings)
 
     print(f"Running stage -> train -> register -> roll out (Prefect: {api_url})", flush=True)
     state = pipeline_flow(**params, return_state=True)
-    if not state.is_completed():
+    result: PipelineResult | None = state.result() if state.is_completed() else None
+    if early is not None and (result is None or not result.rolled_out):
+        early.stop_if_idle()  # the server started ahead of a rollout that did not come
+    if result is None:
         raise _failure(state)
-    result = state.result()
     _print_summary(result, settings, api_url)
     return 0
 
@@ -156,14 +167,20 @@ def _execute(params: dict[str, Any]) -> int:
 FIRST_RUN_MODULES = ("shipyard.training.loop", "mlflow", "matplotlib.figure")
 
 
-def _prepare_while_waiting(settings: Settings) -> None:
-    """Load the first run's modules and open MLflow (on a fresh home: create its database) while Prefect boots."""
-    from shipyard import registry
+def _prepare_while_waiting(settings: Settings) -> LocalTarget | None:
+    """While Prefect boots: load the first run's modules, open MLflow (on a fresh home: create its database) and
+    start the local inference server (the rollout step waits for it). Return the target if its server was started.
+    """
+    from shipyard import registry, rollout
 
     for name in FIRST_RUN_MODULES:
         importlib.import_module(name)
     with registry.translate(settings.resolved_mlflow_uri()):
         registry.client(settings)  # MLflow keeps the store per URI: the tasks' clients reuse this one
+    target = rollout.target(settings)
+    if isinstance(target, LocalTarget) and target.start() is not None:
+        return target
+    return None
 
 
 def _failure(state: Any) -> Exception:
@@ -183,7 +200,7 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
     champion = " (champion)" if is_champion else f" ({result.gate_outcome}; champion stays version " \
                                                  f"{result.champion_version})"
     run_link = f"{mlflow_ui}/#/experiments/{result.mlflow_experiment_id}/runs/{result.mlflow_run_id}"
-    flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + result.flow_run_id)})" if api_url else ""
+    flow_link = f"  ({ui_url(api_url, 'runs/flow-run/' + str(result.flow_run_id))})" if api_url else ""
     lines = [
         "",
         f"Dataset:     {result.dataset}",
@@ -196,9 +213,10 @@ def _print_summary(result: Any, settings: Settings, api_url: str | None) -> None
                   f"Try it:      {result.curl()}"]
     else:
         lines.append("Endpoint:    not rolled out (the version is not champion)")
-    lines += [f"MLflow run:  {result.mlflow_run_id}  ({run_link})",
-              f"Prefect run: {result.flow_run_id}{flow_link}"]
-    if settings.is_local_mlflow():
+    lines.append(f"MLflow run:  {result.mlflow_run_id}  ({run_link})")
+    if result.flow_run_id is not None:
+        lines.append(f"Prefect run: {result.flow_run_id}{flow_link}")
+    if settings.is_local_mlflow() and result.flow_run_id is not None:
         lines.append("UIs:         the Prefect server keeps running for the next run; 'shipyard up' adds the MLflow UI "
                      "and a worker; 'shipyard down' stops everything")
     print("\n".join(lines), flush=True)

@@ -14,7 +14,7 @@ always gives the same id, and a manifest is never overwritten. See docs/datasets
 from shipyard.datasets.diff import DatasetDiff, diff
 from shipyard.datasets.manifest import FileEntry, Manifest
 from shipyard.datasets.pull import pull
-from shipyard.datasets.stage import StageProgress, StageResult, stage
+from shipyard.datasets.stage import StageProgress, StageResult, find_staged, stage
 from shipyard.datasets.transfer import StageOptions
 from shipyard.datasets.versions import (
     iter_files,
@@ -33,6 +33,7 @@ __all__ = [
     "StageProgress",
     "StageResult",
     "diff",
+    "find_staged",
     "iter_files",
     "list_datasets",
     "list_versions",

@@ -128,12 +128,7 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
     with tempfile.TemporaryDirectory(prefix="shipyard-stage-") as tmp, \
             ThreadPoolExecutor(options.jobs, thread_name_prefix="stage-read") as pool, \
             closing(WorkList(Path(tmp))) as work:
-        cache = HashCache(hash_cache) if hash_cache is not None else None
-        try:
-            version, hashed = _hash_all(src, cache, pool, report, work, 4 * options.jobs)
-        finally:
-            if cache is not None:
-                cache.close()
+        version, hashed = _hash_source(src, hash_cache, pool, report, work, 4 * options.jobs)
         if store.exists(*manifest_key(name, version)):
             log.info("dataset %s version %s is already staged", name, version)
             return StageResult(load_manifest(store, name, version), False, 0, 0, hashed)
@@ -152,6 +147,32 @@ def stage(store: Store, name: str, source: str, progress: Progress | None = None
                         file_count=checker.files, total_bytes=checker.total_bytes,
                         total_rows=checker.total_rows if checker.tabular else None, shards=[s for s, _ in shards])
     return _publish(store, manifest, uploaded, sent, hashed)
+
+
+def find_staged(store: Store, name: str, source: str, *, options: StageOptions | None = None,
+                hash_cache: Path | None = None) -> Manifest | None:
+    """Return the version of ``name`` that holds exactly ``source``'s files, or None if none does yet.
+
+    Steps 1-3 of :func:`stage` without the rest: it writes nothing to the store (only the local hash cache).
+    """
+    options = options or StageOptions()
+    src = list_source(source)
+    with tempfile.TemporaryDirectory(prefix="shipyard-stage-") as tmp, \
+            ThreadPoolExecutor(options.jobs, thread_name_prefix="stage-read") as pool, \
+            closing(WorkList(Path(tmp))) as work:
+        version, _ = _hash_source(src, hash_cache, pool, _Reporter(None), work, 4 * options.jobs)
+    return load_manifest(store, name, version) if store.exists(*manifest_key(name, version)) else None
+
+
+def _hash_source(src: Source, hash_cache: Path | None, pool: ThreadPoolExecutor, report: _Reporter,
+                 work: WorkList, window: int) -> tuple[str, int]:
+    """Hash every file through the hash cache at ``hash_cache`` (None: no cache); see :func:`_hash_all`."""
+    cache = HashCache(hash_cache) if hash_cache is not None else None
+    try:
+        return _hash_all(src, cache, pool, report, work, window)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def _hash_all(src: Source, cache: HashCache | None, pool: ThreadPoolExecutor, report: _Reporter, work: WorkList,

@@ -17,6 +17,7 @@ from shipyard.registry.gate import (
     Approval,
     GateDecision,
     Registration,
+    already_champion,
     judge,
     load_failure,
     promote,
@@ -24,10 +25,11 @@ from shipyard.registry.gate import (
 )
 from shipyard.registry.holdout import Holdout, HoldoutScores
 from shipyard.registry.lineage import TAG_TRAIN_KEY, RunContext
-from shipyard.registry.register import PIP_REQUIREMENTS, Registered, find_registered, register
+from shipyard.registry.register import PIP_REQUIREMENTS, Registered, find_registered, register, registered_version
 from shipyard.registry.tracking import SETTING, alias_version, aliases, check, client, ensure_experiment, translate
 
 __all__ = ["CHALLENGER", "CHAMPION", "PIP_REQUIREMENTS", "PREVIOUS", "SETTING", "TAG_TRAIN_KEY", "AliasMove",
            "Approval", "GateDecision", "Holdout", "HoldoutScores", "Registered", "Registration", "RunContext",
-           "alias_version", "aliases", "check", "client", "ensure_experiment", "find_registered", "history", "judge",
-           "load_failure", "promote", "register", "report_markdown", "translate"]
+           "alias_version", "aliases", "already_champion", "check", "client", "ensure_experiment", "find_registered",
+           "history", "judge", "load_failure", "promote", "register", "registered_version", "report_markdown",
+           "translate"]

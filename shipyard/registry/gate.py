@@ -123,17 +123,14 @@ def judge(mlflow_client: MlflowClient, settings: Settings, store: Store, registe
           approval: Approval | None = None) -> Registration:
     """Run the gate for ``registered`` and move the aliases it decides; return the registration with the decision."""
     name, version = registered.model_name, registered.version
-    if aliases(mlflow_client, name).get(CHAMPION) == version:  # a rerun: nothing to judge, nothing written
-        decision = GateDecision(outcome="kept", reason=f"version {version} is already {CHAMPION}",
-                                metric=params.metric, champion_before=version)
-        return _registration(registered, decision, version)
+    kept = already_champion(mlflow_client, registered, params.metric)  # a rerun: nothing to judge or write
+    if kept is not None:
+        return kept
     with alias_lease(store, name, purpose=f"gate {name} v{version}"):
         before = aliases(mlflow_client, name)
         champion = before.get(CHAMPION)
         if champion == version:
-            decision = GateDecision(outcome="kept", reason=f"version {version} is already {CHAMPION}",
-                                    metric=params.metric, champion_before=champion)
-            return _registration(registered, decision, champion)
+            return _kept(registered, params.metric)
         decision = _decide(mlflow_client, settings, store, registered, result, params, champion, approval)
         if decision.outcome == "promoted":
             targets: list[tuple[str, str | None]] = [(PREVIOUS, champion)] if champion else []
@@ -148,6 +145,19 @@ def judge(mlflow_client: MlflowClient, settings: Settings, store: Store, registe
         now = aliases(mlflow_client, name).get(CHAMPION)
     log.info("gate for %s version %s: %s (%s)", name, version, decision.outcome, decision.reason)
     return _registration(registered, decision, now)
+
+
+def already_champion(mlflow_client: MlflowClient, registered: Registered, metric: str) -> Registration | None:
+    """Return the gate's answer for a version that already holds ``champion`` ("kept"), else None; reads only."""
+    if aliases(mlflow_client, registered.model_name).get(CHAMPION) != registered.version:
+        return None
+    return _kept(registered, metric)
+
+
+def _kept(registered: Registered, metric: str) -> Registration:
+    decision = GateDecision(outcome="kept", reason=f"version {registered.version} is already {CHAMPION}",
+                            metric=metric, champion_before=registered.version)
+    return _registration(registered, decision, registered.version)
 
 
 def _registration(registered: Registered, decision: GateDecision, champion: str | None) -> Registration:

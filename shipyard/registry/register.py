@@ -64,7 +64,7 @@ def register(mlflow_client: MlflowClient, settings: Settings, store: Store, resu
     Two registrations of the same training at once give one version: each holds a lease per training key
     in the store (create-only) while it looks for an existing version and registers.
     """
-    example = load_recipe(result.params.entrypoint, result.params).input_example().tolist()
+    example = _example(result)
     found = _existing(mlflow_client, model_name, result, example)  # the common rerun: no lease, nothing written
     if found is not None:
         return found
@@ -76,6 +76,15 @@ def register(mlflow_client: MlflowClient, settings: Settings, store: Store, resu
                                                            metric, context)
     return Registered(model_name=model_name, version=version, run_id=run_id, experiment_id=experiment_id,
                       reused=False, input_example=example)
+
+
+def registered_version(mlflow_client: MlflowClient, model_name: str, result: TrainResult) -> Registered | None:
+    """Return the version :func:`register` would reuse for ``result`` (``reused``), or None; writes nothing."""
+    return _existing(mlflow_client, model_name, result, _example(result))
+
+
+def _example(result: TrainResult) -> list[list[float]]:
+    return load_recipe(result.params.entrypoint, result.params).input_example().tolist()  # type: ignore[no-any-return]
 
 
 def _existing(mlflow_client: MlflowClient, model_name: str, result: TrainResult,

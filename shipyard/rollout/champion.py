@@ -29,12 +29,10 @@ def serve_champion(client: Any, store: Store, target: RolloutTarget, model: Mode
     version at a time, and the last rollout to run must serve the champion as it is then, not an older one
     a slower pipeline promoted first. ``example`` is for ``model``; another version is checked on its own.
     """
-    live = target.live()
-    if live is not None and live.model == model and champion_version(client, model.model_name) == model.version:
-        # A rerun: the champion already serves. Nothing moves, so no turn is taken (and nothing is written).
-        log.info("%s version %s already serves at %s", model.model_name, model.version, live.endpoint)
-        return RolloutResult(target=target.name, model=model, previous=model, endpoint=live.endpoint, reused=True,
-                             predictions=None)
+    serving = already_serving(client, target, model)
+    if serving is not None:  # a rerun: nothing moves, so no turn is taken (and nothing is written)
+        log.info("%s version %s already serves at %s", model.model_name, model.version, serving.endpoint)
+        return serving
     with lease(store, ("registry", model.model_name, "rollout"), purpose=f"roll out {model.uri}",
                ttl=ROLLOUT_TTL, wait=None, poll=0.5, heartbeat=ROLLOUT_HEARTBEAT, error=ServingError):
         current = champion_version(client, model.model_name)
@@ -43,6 +41,15 @@ def serve_champion(client: Any, store: Store, target: RolloutTarget, model: Mode
                      CHAMPION, model.model_name, current, model.version, current)
             model, example = ModelRef(model_name=model.model_name, version=current), None
         return target.roll_out(model, example)
+
+
+def already_serving(client: Any, target: RolloutTarget, model: ModelRef) -> RolloutResult | None:
+    """Return the rollout's answer when ``model`` is both the champion and what ``target`` serves, else None."""
+    live = target.live()
+    if live is None or live.model != model or champion_version(client, model.model_name) != model.version:
+        return None
+    return RolloutResult(target=target.name, model=model, previous=model, endpoint=live.endpoint, reused=True,
+                         predictions=None)
 
 
 def champion_version(client: Any, model_name: str) -> str | None:

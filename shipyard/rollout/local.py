@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 NAME = "inference"
 TOKEN_FILE = "serving-token"  # noqa: S105 - a file name, not a secret
 ADMIN_TIMEOUT = 600.0  # loading a large model from a remote store takes minutes
+SERVER_START_TIMEOUT = 120.0  # an empty server answering /livez (imports only)
 
 
 def serving_token(settings: Settings) -> str:
@@ -116,11 +117,29 @@ class LocalTarget:
         """Stop the server, if one runs; return what was stopped."""
         return processes.stop(self.settings.home, NAME)
 
+    def start(self) -> Service | None:
+        """Start an empty server in the background, without waiting for it; None if one runs already.
+
+        The next rollout waits for it to answer, so a command that knows a rollout is coming can overlap the
+        server's start (seconds of imports) with other work.
+        """
+        if processes.find(self.settings.home, NAME) is not None:
+            return None
+        return self._spawn(wait=False)
+
+    def stop_if_idle(self) -> Service | None:
+        """Stop the server if it serves no version (one started ahead of a rollout that never came)."""
+        return None if self.live() is not None else self.stop()
+
     def _server(self) -> tuple[Service, bool]:
         """Return the running server, or start an empty one; the flag says whether it was started now."""
         found = processes.find(self.settings.home, NAME)
-        if found is not None:
+        if found is not None:  # perhaps still starting (see start)
+            processes.wait_ready(found, f"{self.url}/livez", SERVER_START_TIMEOUT, error=ServingError)
             return found, False
+        return self._spawn(wait=True), True
+
+    def _spawn(self, wait: bool) -> Service:
         if processes.answers(f"{self.url}/livez") or processes.answers(f"{self.url}/ping"):
             raise ServingError(f"port {self.settings.inference_port} is taken by another server "
                                "(set SHIPYARD_INFERENCE_PORT)")
@@ -130,9 +149,8 @@ class LocalTarget:
         # Secrets travel in the environment, never on the command line (visible to every user in ps).
         env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
                "SHIPYARD_SERVING_TOKEN": serving_token(self.settings)}
-        service = processes.spawn(self.settings.home, NAME, cmd, health_url=f"{self.url}/livez", url=self.url,
-                                  env=env, timeout=120, error=ServingError)
-        return service, True
+        return processes.spawn(self.settings.home, NAME, cmd, health_url=f"{self.url}/livez" if wait else None,
+                               url=self.url, env=env, timeout=SERVER_START_TIMEOUT, error=ServingError)
 
     def _stage(self, model: ModelRef, example: list[list[float]] | None) -> tuple[list[list[float]], list[Any]]:
         """Load and warm ``model`` as the candidate; return the rows it warmed on and its answers."""

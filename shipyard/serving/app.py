@@ -22,6 +22,7 @@ import hmac
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from shipyard.serving.batching import Batcher
 from shipyard.serving.metrics import Metrics
-from shipyard.serving.model import BadInput, Served, load
+from shipyard.serving.model import BadInput, Served, load, preload
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ def create_app(model_uri: str | None = None, model_name: str = "", model_version
         if model_uri:
             loading = asyncio.get_running_loop().create_task(_load_initial(server, model_uri, model_name,
                                                                            model_version))
+        else:  # waiting for a rollout: import the model runtime meanwhile
+            threading.Thread(target=preload, name="preload", daemon=True).start()
         yield
         if loading is not None:
             loading.cancel()

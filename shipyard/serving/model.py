@@ -9,6 +9,7 @@ request format, takes MLflow's own scoring function, so the protocol stays MLflo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -70,6 +71,22 @@ class Served:
     def version(self) -> str:
         """Return the model version, for metric labels."""
         return str(self.info.get("model_version") or "")
+
+
+# What loading a Shipyard model (MLflow's PyTorch flavour) imports: seconds on a small machine. A server started
+# without a model imports them in the background at once, so the first rollout does not wait for them.
+RUNTIME_MODULES = ("mlflow.pyfunc", "mlflow.pytorch", "mlflow.pyfunc.scoring_server")
+
+
+def preload() -> None:
+    """Import what loading a model needs (see ``RUNTIME_MODULES``); a failure only logs (the load will say)."""
+    for name in RUNTIME_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - only a head start: the real load reports the error
+            log.warning("could not preload %s: %s: %s", name, type(exc).__name__, exc)
+            return
+    log.info("model runtime loaded (%s)", ", ".join(RUNTIME_MODULES))
 
 
 def load(model_uri: str, model_name: str, model_version: str) -> Served:

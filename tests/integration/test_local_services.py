@@ -45,7 +45,8 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
     endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
     assert f"Endpoint:    {endpoint}/invocations" in done.stdout
     assert re.search(r"MLflow run:  [0-9a-f]{32}", done.stdout)
-    assert re.search(r"Prefect run: [0-9a-f-]{36}", done.stdout)
+    assert re.search(rf"Prefect run: [0-9a-f-]{{36}}  \({re.escape(prefect_url)}/runs/flow-run/[0-9a-f-]{{36}}\)",
+                     done.stdout)
     curl = next(line.split("Try it:", 1)[1].strip() for line in done.stdout.splitlines() if "Try it:" in line)
     answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60, check=True)
     probabilities = json.loads(answer.stdout)["predictions"][0]
@@ -53,20 +54,19 @@ def test_demo_prints_a_working_endpoint_and_curl_line(local_ports: dict[str, int
     assert probabilities.index(max(probabilities)) == 0  # the curl line sends a real handwritten 0
     assert (tmp_path / ".shipyard" / "mlflow.db").exists()
 
-    # The rerun, with Python's import log on: everything is cached, so it must not import torch or scikit-learn
-    # (about 3 s of a 5 s budget); a changed recipe would retrain, which the training-cache tests check.
+    # The rerun, with Python's import log on: everything is done, so it answers before any flow starts and must
+    # not import Prefect, torch or scikit-learn (seconds of a 5 s budget); a changed recipe would retrain, which
+    # the training-cache tests check.
     rerun = subprocess.run([sys.executable, "-X", "importtime", "-m", "shipyard.cli", "demo"],
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in rerun.stderr.splitlines() if line.startswith("import time:")}
     assert "mlflow" in imported  # the import log is there (the registry checks need MLflow)
-    assert not imported & {"torch", "sklearn", "matplotlib"}, sorted(imported & {"torch", "sklearn", "matplotlib"})
-    # The rerun uses the server the first run left running: no server start, a link into its UI.
-    assert "Starting the local Prefect server" not in rerun.stdout
-    assert f"({prefect_url}/runs/flow-run/" in rerun.stdout
-    combined = rerun.stdout + rerun.stderr
-    assert "cache hit: dataset digits" in combined and "cache hit: training" in combined
-    assert "version 1 (champion)" in rerun.stdout
+    heavy = {"torch", "sklearn", "matplotlib", "prefect"}
+    assert not imported & heavy, sorted(imported & heavy)
+    assert rerun.stdout.startswith("Nothing to do: this data is staged, trained, registered as champion and served")
+    assert "Starting the local Prefect server" not in rerun.stdout and "Prefect run:" not in rerun.stdout
+    assert "version 1 (champion)" in rerun.stdout and f"Endpoint:    {endpoint}/invocations" in rerun.stdout
 
 
 def test_a_temporary_prefect_server_too_slow_to_start_is_one_line(local_ports: dict[str, int],
@@ -105,11 +105,15 @@ def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dic
     endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
     assert httpx.get(f"{endpoint}/version").json()["model_name"] == "digits-classifier"
 
-    # With the local server up, the CLI runs against it (not an ephemeral one) and links into its UI.
+    # The CLI with the same parameters finds everything the worker's run did: nothing to do, no flow run.
     cli_run = _shipyard("run", "--epochs", "2", "--hidden-units", "32")
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
-    assert f"({prefect_url}/runs/flow-run/" in cli_run.stdout
-    assert "cache hit: training" in cli_run.stdout + cli_run.stderr
+    assert cli_run.stdout.startswith("Nothing to do:") and "Prefect run:" not in cli_run.stdout
+    # Forced, it trains again, against the local server (not an ephemeral one), and links into its UI.
+    forced = _shipyard("run", "--epochs", "2", "--hidden-units", "32", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert f"({prefect_url}/runs/flow-run/" in forced.stdout
+    assert "cache bypassed: force=True" in forced.stdout + forced.stderr
 
     status = _shipyard("status")
     pids = {name: int(pid) for name, pid in re.findall(r"^([a-z-]+):\s+running \(pid (\d+)\)", status.stdout, re.M)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import httpx
 import mlflow
 import numpy as np
@@ -9,7 +12,11 @@ from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
 from flows.pipeline import pipeline_flow
-from shipyard.params import DatasetParams, RegisterParams, TrainParams
+from shipyard.datasets.demo import resolve_source
+from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainParams
+from shipyard.pipeline import up_to_date
+from shipyard.rollout.local import LocalTarget
+from shipyard.settings import load_settings
 from tests.integration.conftest import S3
 
 
@@ -19,7 +26,7 @@ def _state(s3: S3, keys: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
-    s3: S3, mlflow_uri: str, prefect_api: str, inference_port: int, model_name: str
+    s3: S3, mlflow_uri: str, prefect_api: str, inference_port: int, model_name: str, tmp_path: Path
 ) -> None:
     training = TrainParams(epochs=4, hidden_units=64)
     result = pipeline_flow(training=training, registry=RegisterParams(model_name=model_name))
@@ -61,6 +68,24 @@ def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
     assert [v.version for v in client.search_model_versions(f"name = '{model_name}'")] == [result.model_version]
     assert again.mlflow_run_id == result.mlflow_run_id
 
+    # What `shipyard run` asks before starting a flow: every step is done, so it answers what the rerun did,
+    # without a flow run and without writing anything.
+    settings = load_settings()
+    registry = RegisterParams(model_name=model_name)
+    done = up_to_date(settings, DatasetParams(), training, registry, RolloutParams())
+    assert done is not None and done.flow_run_id is None
+    assert done.model_copy(update={"flow_run_id": again.flow_run_id}) == again
+    same_bytes = tmp_path / "same-bytes"
+    shutil.copytree(resolve_source("demo", settings.home), same_bytes)  # content-addressed: the same version
+    assert up_to_date(settings, DatasetParams(source=str(same_bytes)), training, registry, RolloutParams()) == done
+    (same_bytes / "notes.txt").write_text("one more file\n")  # new bytes: a version to stage
+    assert up_to_date(settings, DatasetParams(source=str(same_bytes)), training, registry, RolloutParams()) is None
+    assert up_to_date(settings, DatasetParams(), training.model_copy(update={"epochs": 5}), registry,
+                      RolloutParams()) is None  # no such training yet
+    assert up_to_date(settings, DatasetParams(), training, registry, RolloutParams(), force=True) is None
+    assert [k for k in s3.keys("store/") if not k.startswith("store/mlflow")] == watched
+    assert _state(s3, watched) == before
+
     # The champion version carries its lineage, down to the Prefect run that registered it.
     tags = client.get_model_version(model_name, result.model_version).tags
     assert tags["shipyard.prefect.flow_run_id"] == result.flow_run_id
@@ -74,3 +99,10 @@ def test_pipeline_stages_trains_registers_and_serves_then_skips_on_rerun(
     assert worse.champion_version == result.model_version and "does not beat" in worse.gate_reason
     assert client.get_model_version_by_alias(model_name, "challenger").version == worse.model_version
     assert httpx.get(f"{result.endpoint}/version").json()["model_version"] == result.model_version
+
+    # Registered but not champion: work to do (the gate), as for a champion that nothing serves.
+    assert up_to_date(settings, DatasetParams(version=result.dataset.version),
+                      TrainParams(epochs=1, hidden_units=2, learning_rate=1e-4), registry, RolloutParams()) is None
+    assert up_to_date(settings, DatasetParams(), training, registry, RolloutParams()) is not None
+    LocalTarget(settings).stop()
+    assert up_to_date(settings, DatasetParams(), training, registry, RolloutParams()) is None

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.rollout import rollout_flow
+from shipyard import processes
 from shipyard.errors import ServingError
 from shipyard.rollout.base import ModelRef
 from shipyard.rollout.local import LocalTarget, serving_token
@@ -100,8 +102,12 @@ def _champion(mlflow_uri: str, model_name: str) -> str:
 def test_a_new_version_goes_live_under_load_without_one_failed_request(
         target: LocalTarget, mlflow_uri: str, model_name: str) -> None:
     v1, v2 = register_torch(mlflow_uri, model_name, seed=1), register_torch(mlflow_uri, model_name, seed=2)
+    early = target.start()  # as `shipyard run` does while Prefect boots: the server starts, nobody waits
+    assert early is not None and target.start() is None  # one server, however often it is started ahead
     first = target.roll_out(ModelRef(model_name=model_name, version=v1), EXAMPLE.tolist())
     assert first.previous is None and not first.reused
+    served_by = processes.find(target.settings.home, "inference")
+    assert served_by is not None and served_by.pid == early.pid  # the rollout waited for it and used it
 
     with Load(target.url) as load:
         load.wait_for(50)
@@ -121,6 +127,23 @@ def test_a_new_version_goes_live_under_load_without_one_failed_request(
     answer = httpx.post(f"{target.url}/invocations", json={"inputs": EXAMPLE.tolist()}).json()["predictions"]
     np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
     assert target.roll_out(ModelRef(model_name=model_name, version=v2), EXAMPLE.tolist()).reused
+    assert target.stop_if_idle() is None and processes.alive(early.pid)  # it serves: left alone
+
+
+def test_a_server_started_ahead_of_a_rollout_that_never_came_loads_the_runtime_and_is_stopped_idle(
+        target: LocalTarget) -> None:
+    early = target.start()
+    assert early is not None
+    processes.wait_ready(early, f"{target.url}/livez", 120)
+    log = Path(early.log_path)
+    deadline = time.monotonic() + 120
+    while "model runtime loaded (mlflow.pyfunc, mlflow.pytorch" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    assert httpx.get(f"{target.url}/version").status_code == 503  # nothing serves yet
+    stopped = target.stop_if_idle()
+    assert stopped is not None and stopped.pid == early.pid
+    assert not processes.alive(early.pid) and processes.find(target.settings.home, "inference") is None
 
 
 @pytest.mark.parametrize(("kind", "reason"), [
