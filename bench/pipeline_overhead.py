@@ -5,8 +5,8 @@ no server running), doing the full work: stage the demo digits, train, log and r
 smoke-test one prediction.
 
 - plain:  a Python script doing the four steps with the core library, no Prefect anywhere;
-- first:  ``shipyard run`` on that fresh home (it starts the local Prefect server and keeps it);
-- cached: ``shipyard run`` again right after, everything cached (the target is at most 5 s).
+- first:  ``shipyard run`` on that fresh home (it starts the local Prefect and inference servers and keeps them);
+- cached: ``shipyard run`` again right after, everything done: it answers without a flow (the target is at most 5 s).
 
 Rounds alternate the contenders so machine noise hits them alike; the script prints medians and ratios.
 
