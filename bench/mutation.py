@@ -51,6 +51,12 @@ AREAS: dict[str, Area] = {
                  "shipyard.registry.aliases.x__restore__*", "shipyard.registry.aliases.x__set__*"),
         tests=("tests/integration/test_registry_gate.py",),
     ),
+    # The champion/live-version decisions alone, against a real SQLite registry and an in-memory target (seconds).
+    "rollout-champion": Area(
+        files=("shipyard/rollout/champion.py",),
+        mutants=("shipyard.rollout.champion.*",),
+        tests=("tests/unit/test_rollout_champion.py",),
+    ),
     "rollout-rollback": Area(
         files=("shipyard/rollout/local.py", "shipyard/rollout/champion.py"),
         mutants=("shipyard.rollout.local.xǁLocalTargetǁroll_out__*", "shipyard.rollout.champion.*"),
