@@ -7,6 +7,7 @@ same decisions against the real inference server are in tests/integration/test_s
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -116,7 +117,11 @@ def test_the_champion_is_rolled_out_with_the_example_when_something_else_serves(
         and result.previous == ModelRef(model_name=name, version="1")
         and not result.reused
     )
-    assert _turns_taken(store, name) != []  # the turn was taken (and ended) in the store
+    # The turn was taken in the store, saying what for (`shipyard` messages name the holder's purpose), and ended.
+    assert sorted(_turns_taken(store, name)) == ["1.done", "1.lease"]
+    assert json.loads(store.read_bytes("registry", name, "rollout", "1.lease"))["purpose"] == (
+        f"roll out models:/{name}/2"
+    )
 
 
 def test_a_first_rollout_serves_the_version_when_nothing_serves_and_no_champion_exists(
@@ -161,6 +166,26 @@ def test_rollouts_of_one_model_take_turns(name: str, client: MlflowClient, store
     assert second_start >= first_end  # the second waited for the first to end, never overlapping it
 
 
+def test_a_rollout_longer_than_the_turns_ttl_keeps_its_turn_by_beating(
+    name: str, client: MlflowClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shipyard.rollout import champion
+
+    monkeypatch.setattr(champion, "ROLLOUT_TTL", 1.0)  # a turn not renewed for 1 s is taken for abandoned
+    monkeypatch.setattr(champion, "ROLLOUT_HEARTBEAT", 0.2)
+    set_champion(client, ModelRef(model_name=name, version="2"))
+    target = MemoryTarget(name, delay=2.5)  # each rollout outlives the TTL
+    target.live = lambda: None  # type: ignore[method-assign]  # never "already serving": both must roll out
+    model = ModelRef(model_name=name, version="2")
+    threads = [threading.Thread(target=serve_champion, args=(client, store, target, model, EXAMPLE)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    (_, _, _, first_end), (_, _, second_start, _) = sorted(target.rollouts, key=lambda r: r[2])
+    assert second_start >= first_end
+
+
 def test_already_serving_answers_only_for_the_champion_that_serves(name: str, client: MlflowClient) -> None:
     set_champion(client, ModelRef(model_name=name, version="2"))
     assert already_serving(client, MemoryTarget(name), ModelRef(model_name=name, version="2")) is None  # nothing serves
@@ -197,8 +222,12 @@ def test_champion_version_says_why_when_the_registry_fails(tmp_path: Path, monke
         champion_version(down, "digits")
 
 
-def test_set_champion_refuses_a_version_that_does_not_exist(name: str, client: MlflowClient) -> None:
-    set_champion(client, ModelRef(model_name=name, version="1"))
+def test_set_champion_refuses_a_version_that_does_not_exist(
+    name: str, client: MlflowClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="shipyard.rollout.champion"):
+        set_champion(client, ModelRef(model_name=name, version="1"))
+    assert caplog.messages == [f"champion of {name} is now version 1"]
     with pytest.raises(RegistryError, match=rf"^cannot make models:/{name}/9 the champion: "):
         set_champion(client, ModelRef(model_name=name, version="9"))
     assert champion_version(client, name) == "1"  # unchanged
