@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+from uuid import UUID
 
 import pytest
 from mlflow import MlflowClient
@@ -131,19 +133,35 @@ def run(s3_endpoint: str, mlflow_server: str, prefect_api: str, tmp_path_factory
     subprocess.run([cli[0], "down"], env=env, cwd=home, capture_output=True, timeout=120, check=False)
 
 
-def _sweep_prefect(sweep: Sweep) -> None:
+def _sweep_prefect(sweep: Sweep, run: Run) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
+    # This run's own records (the session's Prefect server holds other tests' runs too): the pipeline run the
+    # CLI printed, and the subflow runs under it.
+    found = re.search(r"Prefect run: ([0-9a-f-]{36})", run.stdout)
+    assert found is not None, run.stdout[-2000:]
+    pipeline = UUID(found.group(1))
     with get_client(sync_client=True) as client:
-        flow_runs = client.read_flow_runs(limit=200)
+        flow_runs = [client.read_flow_run(pipeline), *client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline])))]
+        assert len(flow_runs) >= 2  # the pipeline and its train subflow
         ids = [r.id for r in flow_runs]
         for flow_run in flow_runs:
             sweep.scan("prefect flow runs", flow_run.model_dump_json(), flow_run.name)
-        for task_run in client.read_task_runs(limit=200):
+        for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200):
             sweep.scan("prefect task runs", task_run.model_dump_json(), task_run.name)
-        for artifact in client.read_artifacts(limit=200):
+        for artifact in client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=ids)), limit=200):
             sweep.scan("prefect artifacts", artifact.model_dump_json(), str(artifact.key))
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
         offset = 0
         while True:
@@ -233,7 +251,7 @@ def test_planted_credentials_leave_no_trace_anywhere(run: Run, tmp_path: Path,
     assert len(run.cmdlines) > 3 and any(b"shipyard.serving" in c for c in run.cmdlines.values())
     for pid, cmdline in run.cmdlines.items():
         sweep.scan("process command lines", cmdline, f"pid {pid}: {cmdline[:120]!r}")
-    _sweep_prefect(sweep)
+    _sweep_prefect(sweep, run)
     _sweep_mlflow(sweep, run, tmp_path)
     _sweep_store(sweep, run)
     _sweep_manifests(sweep, run, monkeypatch)
