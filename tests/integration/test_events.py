@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
 
 from deployments.apply import deploy_local
 from shipyard.datasets.demo import write_demo_source
@@ -63,6 +64,11 @@ def test_staging_a_new_version_retrains_on_exactly_that_version(
     s3: S3, mlflow_uri: str, prefect_api: str, inference_port: int, worker: None, tmp_path: Path
 ) -> None:
     settings = load_settings().model_copy(update={"local_work_pool": POOL})
+    with get_client(sync_client=True) as client:  # the session's server may hold one another test rescheduled
+        try:
+            client.delete_deployment(client.read_deployment_by_name("pipeline-flow/local").id)
+        except ObjectNotFound:
+            pass
     assert "pipeline-flow/local-new-data" in deploy_local(settings)
     with get_client(sync_client=True) as client:  # the local schedule exists, paused until the user says so
         scheduled = client.read_deployment_by_name("pipeline-flow/local")
