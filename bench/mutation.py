@@ -132,6 +132,8 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
     **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
     "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
+    **{f"shipyard.rollout.champion.x_serve_champion__mutmut_{n}": "a waiting rollout looks at the turn every 0.25 s "
+       "or 1.5 s instead of 0.5 s: the same turns in the same order, only the cadence" for n in (31, 38)},
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
