@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from shipyard.cli import build_parser
 from shipyard.cli.pipeline import build_params
 from shipyard.datasets.demo import write_demo_source
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, TrainingError
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.settings import Settings
@@ -135,3 +136,88 @@ def test_the_cli_sets_recipe_params_metric_force_and_a_staged_version(user_code:
     bad = build_parser().parse_args(["run", "--entrypoint", user_code[0], "--set", "dropout=lots"])
     with pytest.raises(ConfigError, match=r"training\.recipe_params\.dropout"):
         build_params(bad)
+
+
+def _package(root: Path, files: dict[str, str]) -> str:
+    """Write a package of the user's under ``root`` and put it on sys.path; return its name."""
+    name = f"userpkg_{uuid.uuid4().hex[:8]}"
+    for rel, text in {"__init__.py": "", **files}.items():
+        (root / name / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / name / rel).write_text(text)
+    return name
+
+
+@pytest.fixture
+def code_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "code"
+    root.mkdir()
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+def test_the_hash_covers_every_python_file_of_the_package_by_name_and_bytes_and_nothing_else(
+        code_root: Path) -> None:
+    name = _package(code_root, {"models/net.py": RECIPE, "models/__init__.py": "", "helpers.py": "SCALE = 1\n",
+                                "__pycache__/stale.py": "", ".venv/site.py": "", "README.txt": "notes\n"})
+    package = code_root / name
+    entrypoint = f"{name}.models.net:recipe"
+    code = recipe_code(entrypoint)
+    assert (code.files, code.root, code.entrypoint) == (4, str(package.resolve()), entrypoint)
+
+    for ignored in ("__pycache__/stale.py", ".venv/site.py", "README.txt"):  # caches, hidden dirs, data
+        (package / ignored).write_text("changed\n")
+    assert recipe_code(entrypoint).hash == code.hash
+
+    (package / "helpers.py").rename(package / "helper.py")  # same bytes under another name
+    renamed = recipe_code(entrypoint)
+    assert renamed.hash != code.hash and renamed.files == 4
+    (package / "models" / "__init__.py").write_text("# nested\n")
+    assert recipe_code(entrypoint).hash != renamed.hash
+
+
+def test_a_top_level_module_or_a_namespace_package_hashes_that_one_file(code_root: Path) -> None:
+    module = f"toplevel_{uuid.uuid4().hex[:8]}"
+    (code_root / f"{module}.py").write_text(RECIPE)
+    (code_root / "neighbour.py").write_text("X = 1\n")
+    top = recipe_code(f"{module}:recipe")
+    assert (top.files, top.root) == (1, str(code_root.resolve()))
+    (code_root / "neighbour.py").write_text("X = 2\n")
+    assert recipe_code(f"{module}:recipe").hash == top.hash
+
+    namespace = f"ns_{uuid.uuid4().hex[:8]}"
+    (code_root / namespace).mkdir()
+    (code_root / namespace / "net.py").write_text(RECIPE)
+    (code_root / namespace / "other.py").write_text("Y = 1\n")
+    spaced = recipe_code(f"{namespace}.net:recipe")
+    assert (spaced.files, spaced.root) == (1, str((code_root / namespace).resolve()))
+    (code_root / namespace / "other.py").write_text("Y = 2\n")
+    assert recipe_code(f"{namespace}.net:recipe").hash == spaced.hash
+
+
+def test_entrypoints_without_code_to_hash_fail_naming_the_module() -> None:
+    with pytest.raises(TrainingError) as missing:
+        recipe_code("no_such_pkg_1f2e.models:recipe")
+    assert str(missing.value) == ("entrypoint 'no_such_pkg_1f2e.models:recipe': cannot import module "
+                                  "'no_such_pkg_1f2e.models' (No module named 'no_such_pkg_1f2e')")
+    with pytest.raises(TrainingError) as builtin:
+        recipe_code("sys:recipe")
+    assert str(builtin.value) == "entrypoint 'sys:recipe': module 'sys' has no source file to hash"
+
+
+def test_a_git_checkout_records_its_commit_and_whether_the_package_is_dirty(code_root: Path) -> None:
+    name = _package(code_root, {"net.py": RECIPE})
+    entrypoint = f"{name}.net:recipe"
+    assert (recipe_code(entrypoint).git_commit, recipe_code(entrypoint).git_dirty) == (None, None)  # no checkout
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(code_root), "-c", "user.name=t", "-c", "user.email=t@example.com",
+                               *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "recipe")
+    clean = recipe_code(entrypoint)
+    assert (clean.git_commit, clean.git_dirty) == (git("rev-parse", "HEAD"), False)
+    (code_root / name / "net.py").write_text(RECIPE + "\n# tuned\n")
+    assert recipe_code(entrypoint).git_dirty is True
