@@ -21,6 +21,7 @@ from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 from shipyard.training import plan_training, resolve_params, train, training_key
 from shipyard.training.codehash import recipe_code
+from shipyard.training.trainer import launched_result
 
 REF = DatasetRef(name="digits", version="0123456789abcdef")
 
@@ -105,6 +106,8 @@ def test_forced_runs_train_apart_and_a_retried_forced_run_finds_its_own_result(
     train(store, REF, params, digits, key=first.key)
     retried = plan_training(store, REF, params, force=True, salt="run-1")  # the same forced run, retried
     assert retried.key == first.key and retried.cached is not None and retried.cached.key == first.key
+    # what the flow reads back after launching the forced run "run-1": the result the plan's key trained
+    assert launched_result(store, first, REF, params, "run-1", True, "train-flow/run-1").key == first.key
     assert plan_training(store, REF, params, force=True, salt="run-2").cached is None
 
 
@@ -123,6 +126,24 @@ def test_recipe_params_are_validated_completed_and_part_of_the_key(user_code: tu
         resolve_params(TrainParams(entrypoint=entrypoint, recipe_params={"dropout": 2}))
     with pytest.raises(ConfigError, match=r"training\.recipe_params.*declares no parameters"):
         resolve_params(TrainParams(recipe_params={"dropout": 0.1}))
+
+
+def test_equal_recipe_params_written_differently_get_one_key(user_code: tuple[str, Path]) -> None:
+    entrypoint = user_code[0]
+    spellings = [{}, {"dropout": 0, "label": "plain"}, {"label": "plain", "dropout": 0.0}]
+    keys = {training_key(REF, resolve_params(TrainParams(entrypoint=entrypoint, recipe_params=r)))
+            for r in spellings}  # as a flow run's parameters may hold them (JSON from the UI or a file)
+    assert len(keys) == 1
+
+
+def test_the_key_without_a_code_hash_is_the_plans_and_follows_edits_of_the_code(
+        user_code: tuple[str, Path], store: Store) -> None:
+    entrypoint, package = user_code
+    params = resolve_params(TrainParams(entrypoint=entrypoint))
+    before = training_key(REF, params)
+    assert before == plan_training(store, REF, params).key
+    (package / "helpers.py").write_text("SCALE = 3\n")
+    assert training_key(REF, params) == plan_training(store, REF, params).key != before
 
 
 def test_the_cli_sets_recipe_params_metric_force_and_a_staged_version(user_code: tuple[str, Path]) -> None:
