@@ -8,6 +8,7 @@ that area. Slow (minutes to an hour per area on two cores), so it is not part of
     .venv/bin/python -m bench.mutation                  # every area
     .venv/bin/python -m bench.mutation cache-keys       # one area; results are cached in the scratch copy
     .venv/bin/python -m bench.mutation --report         # print the table again from the cached results
+    .venv/bin/python -m bench.mutation cache-keys --rerun-survivors   # only last run's survivors, after new tests
 
 Equivalent mutants (a change no user can observe) are listed in ``EQUIVALENT`` with the reason, and are
 counted apart from the survivors.
@@ -60,7 +61,8 @@ AREAS: dict[str, Area] = {
         files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
         mutants=("shipyard.training.checkpoint.*", "shipyard.training.loop.xǁLoopǁresume__*",
                  "shipyard.training.loop.xǁLoopǁstate__*", "shipyard.training.loop.xǁBatchesǁepoch__*"),
-        tests=("tests/unit/test_training_resume.py", "tests/unit/test_training_batches.py",
+        tests=("tests/unit/test_checkpoint.py", "tests/unit/test_training_resume.py",
+               "tests/unit/test_training_batches.py",
                "tests/unit/test_training.py::test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one",
                "tests/unit/test_training.py::test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one"),
     ),
@@ -75,7 +77,7 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.training.codehash.*", "shipyard.training.trainer.x_inputs_key__*",
                  "shipyard.training.trainer.x_training_key__*", "shipyard.training.trainer.x_plan_training__*",
                  "shipyard.training.trainer.x__last_code_hash__*", "shipyard.datasets.hashing.*"),
-        tests=("tests/unit/test_codehash.py", "tests/unit/test_datasets.py"),
+        tests=("tests/unit/test_codehash.py", "tests/unit/test_hashing.py", "tests/unit/test_datasets.py"),
     ),
 }
 
@@ -155,14 +157,14 @@ def prepare(area: str, spec: Area, scratch: Path) -> Path:
     return work
 
 
-def run(area: str, spec: Area, scratch: Path, children: int) -> None:
-    """Run mutmut over the area's mutants."""
+def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | None = None) -> None:
+    """Run mutmut over the area's mutants (or only the named ones, e.g. the survivors after adding tests)."""
     work = prepare(area, spec, scratch)
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
     for _ in range(2):  # mutmut's first statistics run sometimes fails where the second passes
-        done = subprocess.run([str(mutmut), "run", "--max-children", str(children), *spec.mutants], cwd=work,
-                              env=env, check=False)
+        done = subprocess.run([str(mutmut), "run", "--max-children", str(children), *(only or spec.mutants)],
+                              cwd=work, env=env, check=False)
         if done.returncode == 0:
             break
 
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only print the table from cached results")
     parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="run again only the mutants that survived last time (after adding tests)")
     args = parser.parse_args(argv)
     areas = args.areas or list(AREAS)
     unknown = [a for a in areas if a not in AREAS]
@@ -216,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown area {unknown[0]!r}: choose from {', '.join(AREAS)}")
     if not args.report:
         for area in areas:
-            run(area, AREAS[area], args.scratch, args.children)
+            only = results(area, AREAS[area], args.scratch).get("survived", []) if args.rerun_survivors else None
+            if only == []:
+                continue
+            run(area, AREAS[area], args.scratch, args.children, only)
     print(table(areas, args.scratch))
     if args.survivors:
         for area in areas:
