@@ -134,6 +134,9 @@ def test_equal_recipe_params_written_differently_get_one_key(user_code: tuple[st
     keys = {training_key(REF, resolve_params(TrainParams(entrypoint=entrypoint, recipe_params=r)))
             for r in spellings}  # as a flow run's parameters may hold them (JSON from the UI or a file)
     assert len(keys) == 1
+    given = [TrainParams(entrypoint=entrypoint, recipe_params=r)  # unresolved, as a Python caller may pass them
+             for r in ({"dropout": 0.5, "label": "wide"}, {"label": "wide", "dropout": 0.5})]
+    assert training_key(REF, given[0]) == training_key(REF, given[1])
 
 
 def test_the_key_without_a_code_hash_is_the_plans_and_follows_edits_of_the_code(
