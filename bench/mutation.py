@@ -97,6 +97,23 @@ _TXN = ("every write is wrapped in an explicit BEGIN/COMMIT, so the driver's imp
         "isolation level) never start: the same statements reach SQLite")
 _TICK = ("the progress heartbeat while a result is waited on comes every 1.2 s instead of 0.2 s: same results, "
          "only the tick cadence, which no test may time")
+_NS = "a 1 ns shift of the 100 ms racy boundary, which no file's timestamps can be placed on"
+_EVERY = ("committing after every entry instead of every second: the same entries reach the file, sooner; only the "
+          "number of commits (speed) changes, which no test may time")
+_SECOND = "a flush when exactly 1.0 s has passed on the monotonic clock, instead of just after"
+_FOUND = ("returns no row for the path it found (the point query then finds it) and another path's row only when "
+          "this path has none, used only if its stat is this file's (the _scanned 40 case)")
+_COLON = ("entrypoints are validated as 'module:function' (one ':'), where partition and rpartition split alike")
+_LEN = ("keys one hex digit longer: every key is still the same function of its inputs, and nothing reads their "
+        "length (the version is part of the key, so no older key is ever looked up)")
+_SALT = "only the unforced key's salt constant changes: forced keys are salted with 'force' or a run id, not it"
+_BYTES = ("git's output as bytes: RecipeCode decodes the ASCII commit id to the same str, and the status output is "
+          "only tested for emptiness, the same for bytes and str")
+_CHECK = "check=None or left out is subprocess.run's default, check=False"
+_GIT_SLOW = "one second more before giving up on a git that hangs"
+_SEP = ("another separator constant between a file's name and its digest (always 32 bytes): every code hash is still "
+        "the same function of the files, and the key holds Shipyard's version, so no older hash is compared")
+_G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
 _W = "shipyard.datasets.worklist.xǁWorkListǁ"
@@ -128,6 +145,18 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
     **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
     "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
+    **{f"{_H}_flush__mutmut_{n}": _SQL_CASE for n in (6, 7)},
+    **{f"{_H}_scanned__mutmut_{n}": _SCAN for n in (34,)},
+    f"{_H}get__mutmut_3": _SCAN, f"{_H}_scanned__mutmut_44": _FOUND,
+    f"{_H}put__mutmut_9": _NS, f"{_H}put__mutmut_14": _EVERY, f"{_H}put__mutmut_15": _SECOND,
+    "shipyard.training.codehash.x_code_files__mutmut_3": _COLON,
+    **{f"{_G}{n}": _BYTES for n in (4, 9, 22, 30, 35, 50)},
+    **{f"{_G}{n}": _CHECK for n in (6, 11, 32, 37)},
+    **{f"{_G}{n}": _GIT_SLOW for n in (23, 51)},
+    "shipyard.training.codehash.x_recipe_code__mutmut_7": _SEP,
+    "shipyard.training.codehash.x_recipe_code__mutmut_24": _LEN,
+    **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
+    "shipyard.training.trainer.x_training_key__mutmut_1": _SALT,
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

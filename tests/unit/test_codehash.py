@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -245,3 +246,17 @@ def test_a_git_checkout_records_its_commit_and_whether_the_package_is_dirty(code
     assert (clean.git_commit, clean.git_dirty) == (git("rev-parse", "HEAD"), False)
     (code_root / name / "net.py").write_text(RECIPE + "\n# tuned\n")
     assert recipe_code(entrypoint).git_dirty is True
+    (code_root / ".git" / "index").write_bytes(b"damaged")  # git status fails; the commit is still known
+    broken = recipe_code(entrypoint)
+    assert (broken.git_commit, broken.git_dirty) == (clean.git_commit, None)
+
+
+def test_without_git_the_code_is_still_hashed_and_the_debug_log_says_why_there_is_no_commit(
+        code_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    name = _package(code_root, {"net.py": RECIPE})
+    monkeypatch.setenv("PATH", str(code_root / "no-bin"))  # an image without git
+    with caplog.at_level(logging.DEBUG, logger="shipyard.training.codehash"):
+        code = recipe_code(f"{name}.net:recipe")
+    assert (code.files, code.git_commit, code.git_dirty) == (2, None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"git unavailable for {code.root}: [Errno 2] No such file or directory: 'git'"]
