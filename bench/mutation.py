@@ -113,6 +113,8 @@ _CHECK = "check=None or left out is subprocess.run's default, check=False"
 _GIT_SLOW = "one second more before giving up on a git that hangs"
 _SEP = ("another separator constant between a file's name and its digest (always 32 bytes): every code hash is still "
         "the same function of the files, and the key holds Shipyard's version, so no older hash is compared")
+_DASHES = ("'XX--XX' instead of '--' before '.': one more pathspec, which matches nothing outside '.', so git "
+           "status reports the same files")
 _G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
@@ -153,6 +155,7 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_G}{n}": _BYTES for n in (4, 9, 22, 30, 35, 50)},
     **{f"{_G}{n}": _CHECK for n in (6, 11, 32, 37)},
     **{f"{_G}{n}": _GIT_SLOW for n in (23, 51)},
+    f"{_G}47": _DASHES,
     "shipyard.training.codehash.x_recipe_code__mutmut_7": _SEP,
     "shipyard.training.codehash.x_recipe_code__mutmut_24": _LEN,
     **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
@@ -163,7 +166,7 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
 
 
-def prepare(area: str, spec: Area, scratch: Path) -> Path:
+def prepare(area: str, spec: Area, scratch: Path, timeout_multiplier: int = 3) -> Path:
     """Copy the tracked tree into ``scratch/area`` (keeping mutmut's cache) and write its mutmut config."""
     work = scratch / area
     work.mkdir(parents=True, exist_ok=True)
@@ -181,14 +184,15 @@ def prepare(area: str, spec: Area, scratch: Path) -> Path:
              "process_isolation = forkserver", "use_git_change_detection = false",
              # a mutant that makes a test hang is a kill; waiting 15 times the test's time for it (the default)
              # costs most of a run on a shared machine
-             "timeout_multiplier = 3", ""]
+             f"timeout_multiplier = {timeout_multiplier}", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return work
 
 
-def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | None = None) -> None:
+def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | None = None,
+        timeout_multiplier: int = 3) -> None:
     """Run mutmut over the area's mutants (or only the named ones, e.g. the survivors after adding tests)."""
-    work = prepare(area, spec, scratch)
+    work = prepare(area, spec, scratch, timeout_multiplier)
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
     for _ in range(2):  # mutmut's first statistics run sometimes fails where the second passes
@@ -242,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="run again only the mutants that survived last time (after adding tests)")
+    parser.add_argument("--rerun-timeouts", action="store_true",
+                        help="run again only last time's timeouts (with a larger --timeout-multiplier: on a loaded "
+                             "machine a slow run of a surviving mutant reads as a timeout, which counts as a kill)")
+    parser.add_argument("--timeout-multiplier", type=int, default=3,
+                        help="a mutant's time limit in multiples of its tests' measured time")
     args = parser.parse_args(argv)
     areas = args.areas or list(AREAS)
     unknown = [a for a in areas if a not in AREAS]
@@ -249,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown area {unknown[0]!r}: choose from {', '.join(AREAS)}")
     if not args.report:
         for area in areas:
-            only = results(area, AREAS[area], args.scratch).get("survived", []) if args.rerun_survivors else None
-            if only == []:
+            by = results(area, AREAS[area], args.scratch)
+            rerun = (by.get("survived", []) if args.rerun_survivors else []) + (
+                by.get("timeout", []) if args.rerun_timeouts else [])
+            if (args.rerun_survivors or args.rerun_timeouts) and not rerun:
                 continue
-            run(area, AREAS[area], args.scratch, args.children, only)
+            run(area, AREAS[area], args.scratch, args.children, rerun or None, args.timeout_multiplier)
     print(table(areas, args.scratch))
     if args.survivors:
         for area in areas:
