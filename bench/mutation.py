@@ -146,6 +146,9 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_T}{n}": _CODE for n in (13, 39, 42)},
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
     **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
+    "shipyard.training.loop.xǁLoopǁstate__mutmut_22": (
+        "CUDA RNG states asked for without CUDA: get_rng_state_all() returns [] (no devices), and resuming from [] "
+        "restores nothing, as from None; with CUDA the branch is taken either way"),
     "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
     **{f"{_H}_flush__mutmut_{n}": _SQL_CASE for n in (6, 7)},
     **{f"{_H}_scanned__mutmut_{n}": _SCAN for n in (34,)},
