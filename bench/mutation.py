@@ -8,6 +8,7 @@ that area. Slow (minutes to an hour per area on two cores), so it is not part of
     .venv/bin/python -m bench.mutation                  # every area
     .venv/bin/python -m bench.mutation cache-keys       # one area; results are cached in the scratch copy
     .venv/bin/python -m bench.mutation --report         # print the table again from the cached results
+    .venv/bin/python -m bench.mutation cache-keys --rerun-survivors   # only last run's survivors, after new tests
 
 Equivalent mutants (a change no user can observe) are listed in ``EQUIVALENT`` with the reason, and are
 counted apart from the survivors.
@@ -66,7 +67,8 @@ AREAS: dict[str, Area] = {
         files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
         mutants=("shipyard.training.checkpoint.*", "shipyard.training.loop.xǁLoopǁresume__*",
                  "shipyard.training.loop.xǁLoopǁstate__*", "shipyard.training.loop.xǁBatchesǁepoch__*"),
-        tests=("tests/unit/test_training_resume.py", "tests/unit/test_training_batches.py",
+        tests=("tests/unit/test_checkpoint.py", "tests/unit/test_training_resume.py",
+               "tests/unit/test_training_batches.py",
                "tests/unit/test_training.py::test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one",
                "tests/unit/test_training.py::test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one"),
     ),
@@ -81,7 +83,7 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.training.codehash.*", "shipyard.training.trainer.x_inputs_key__*",
                  "shipyard.training.trainer.x_training_key__*", "shipyard.training.trainer.x_plan_training__*",
                  "shipyard.training.trainer.x__last_code_hash__*", "shipyard.datasets.hashing.*"),
-        tests=("tests/unit/test_codehash.py", "tests/unit/test_datasets.py"),
+        tests=("tests/unit/test_codehash.py", "tests/unit/test_hashing.py", "tests/unit/test_datasets.py"),
     ),
 }
 
@@ -101,6 +103,25 @@ _TXN = ("every write is wrapped in an explicit BEGIN/COMMIT, so the driver's imp
         "isolation level) never start: the same statements reach SQLite")
 _TICK = ("the progress heartbeat while a result is waited on comes every 1.2 s instead of 0.2 s: same results, "
          "only the tick cadence, which no test may time")
+_NS = "a 1 ns shift of the 100 ms racy boundary, which no file's timestamps can be placed on"
+_EVERY = ("committing after every entry instead of every second: the same entries reach the file, sooner; only the "
+          "number of commits (speed) changes, which no test may time")
+_SECOND = "a flush when exactly 1.0 s has passed on the monotonic clock, instead of just after"
+_FOUND = ("returns no row for the path it found (the point query then finds it) and another path's row only when "
+          "this path has none, used only if its stat is this file's (the _scanned 40 case)")
+_COLON = ("entrypoints are validated as 'module:function' (one ':'), where partition and rpartition split alike")
+_LEN = ("keys one hex digit longer: every key is still the same function of its inputs, and nothing reads their "
+        "length (the version is part of the key, so no older key is ever looked up)")
+_SALT = "only the unforced key's salt constant changes: forced keys are salted with 'force' or a run id, not it"
+_BYTES = ("git's output as bytes: RecipeCode decodes the ASCII commit id to the same str, and the status output is "
+          "only tested for emptiness, the same for bytes and str")
+_CHECK = "check=None or left out is subprocess.run's default, check=False"
+_GIT_SLOW = "one second more before giving up on a git that hangs"
+_SEP = ("another separator constant between a file's name and its digest (always 32 bytes): every code hash is still "
+        "the same function of the files, and the key holds Shipyard's version, so no older hash is compared")
+_DASHES = ("'XX--XX' instead of '--' before '.': one more pathspec, which matches nothing outside '.', so git "
+           "status reports the same files")
+_G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
 _W = "shipyard.datasets.worklist.xǁWorkListǁ"
@@ -131,16 +152,32 @@ EQUIVALENT: dict[str, str] = {
     **{f"{_T}{n}": _CODE for n in (13, 39, 42)},
     **{f"{_T}{n}": _FORCE for n in (2, 20, 21)},
     **{f"shipyard.training.loop.xǁBatchesǁepoch__mutmut_{n}": _SEED for n in (3, 5)},
+    "shipyard.training.loop.xǁLoopǁstate__mutmut_22": (
+        "CUDA RNG states asked for without CUDA: get_rng_state_all() returns [] (no devices), and resuming from [] "
+        "restores nothing, as from None; with CUDA the branch is taken either way"),
     "shipyard.registry.gate.x_verdict__mutmut_15": "float('NAN') is float('nan'): the parser ignores case",
     **{f"shipyard.rollout.champion.x_serve_champion__mutmut_{n}": "a waiting rollout looks at the turn every 0.25 s "
        "or 1.5 s instead of 0.5 s: the same turns in the same order, only the cadence" for n in (31, 38)},
+    **{f"{_H}_flush__mutmut_{n}": _SQL_CASE for n in (6, 7)},
+    **{f"{_H}_scanned__mutmut_{n}": _SCAN for n in (34,)},
+    f"{_H}get__mutmut_3": _SCAN, f"{_H}_scanned__mutmut_44": _FOUND,
+    f"{_H}put__mutmut_9": _NS, f"{_H}put__mutmut_14": _EVERY, f"{_H}put__mutmut_15": _SECOND,
+    "shipyard.training.codehash.x_code_files__mutmut_3": _COLON,
+    **{f"{_G}{n}": _BYTES for n in (4, 9, 22, 30, 35, 50)},
+    **{f"{_G}{n}": _CHECK for n in (6, 11, 32, 37)},
+    **{f"{_G}{n}": _GIT_SLOW for n in (23, 51)},
+    f"{_G}47": _DASHES,
+    "shipyard.training.codehash.x_recipe_code__mutmut_7": _SEP,
+    "shipyard.training.codehash.x_recipe_code__mutmut_24": _LEN,
+    **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
+    "shipyard.training.trainer.x_training_key__mutmut_1": _SALT,
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
 
 
-def prepare(area: str, spec: Area, scratch: Path) -> Path:
+def prepare(area: str, spec: Area, scratch: Path, timeout_multiplier: int = 3) -> Path:
     """Copy the tracked tree into ``scratch/area`` (keeping mutmut's cache) and write its mutmut config."""
     work = scratch / area
     work.mkdir(parents=True, exist_ok=True)
@@ -158,19 +195,20 @@ def prepare(area: str, spec: Area, scratch: Path) -> Path:
              "process_isolation = forkserver", "use_git_change_detection = false",
              # a mutant that makes a test hang is a kill; waiting 15 times the test's time for it (the default)
              # costs most of a run on a shared machine
-             "timeout_multiplier = 3", ""]
+             f"timeout_multiplier = {timeout_multiplier}", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return work
 
 
-def run(area: str, spec: Area, scratch: Path, children: int) -> None:
-    """Run mutmut over the area's mutants."""
-    work = prepare(area, spec, scratch)
+def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | None = None,
+        timeout_multiplier: int = 3) -> None:
+    """Run mutmut over the area's mutants (or only the named ones, e.g. the survivors after adding tests)."""
+    work = prepare(area, spec, scratch, timeout_multiplier)
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
     for _ in range(2):  # mutmut's first statistics run sometimes fails where the second passes
-        done = subprocess.run([str(mutmut), "run", "--max-children", str(children), *spec.mutants], cwd=work,
-                              env=env, check=False)
+        done = subprocess.run([str(mutmut), "run", "--max-children", str(children), *(only or spec.mutants)],
+                              cwd=work, env=env, check=False)
         if done.returncode == 0:
             break
 
@@ -217,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--report", action="store_true", help="only print the table from cached results")
     parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="run again only the mutants that survived last time (after adding tests)")
+    parser.add_argument("--rerun-timeouts", action="store_true",
+                        help="run again only last time's timeouts (with a larger --timeout-multiplier: on a loaded "
+                             "machine a slow run of a surviving mutant reads as a timeout, which counts as a kill)")
+    parser.add_argument("--timeout-multiplier", type=int, default=3,
+                        help="a mutant's time limit in multiples of its tests' measured time")
     args = parser.parse_args(argv)
     areas = args.areas or list(AREAS)
     unknown = [a for a in areas if a not in AREAS]
@@ -224,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown area {unknown[0]!r}: choose from {', '.join(AREAS)}")
     if not args.report:
         for area in areas:
-            run(area, AREAS[area], args.scratch, args.children)
+            by = results(area, AREAS[area], args.scratch)
+            rerun = (by.get("survived", []) if args.rerun_survivors else []) + (
+                by.get("timeout", []) if args.rerun_timeouts else [])
+            if (args.rerun_survivors or args.rerun_timeouts) and not rerun:
+                continue
+            run(area, AREAS[area], args.scratch, args.children, rerun or None, args.timeout_multiplier)
     print(table(areas, args.scratch))
     if args.survivors:
         for area in areas:

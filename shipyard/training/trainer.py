@@ -98,9 +98,13 @@ def launched_result(store: Store, plan: TrainingPlan, dataset: DatasetRef, param
 
 
 def resolve_params(params: TrainParams) -> TrainParams:
-    """Validate the recipe's own parameters and fill in their defaults, so equal runs get equal keys."""
+    """Validate the recipe's own parameters and fill in their defaults, so equal runs get equal keys.
+
+    The validated values always replace the given ones: ``{"dropout": 0}`` equals ``{"dropout": 0.0}`` in Python
+    but not in the key's JSON, so keeping a given dict because it compares equal gave equal runs two keys.
+    """
     full = validate_recipe_params(params.entrypoint, params.recipe_params)
-    return params if full == params.recipe_params else params.model_copy(update={"recipe_params": full})
+    return params.model_copy(update={"recipe_params": full})
 
 
 def plan_training(store: Store, dataset: DatasetRef, params: TrainParams, force: bool = False,
