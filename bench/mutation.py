@@ -204,6 +204,7 @@ def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | N
         timeout_multiplier: int = 3) -> None:
     """Run mutmut over the area's mutants (or only the named ones, e.g. the survivors after adding tests)."""
     work = prepare(area, spec, scratch, timeout_multiplier)
+    before = _codes(work, spec)
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONPATH": str(work / "mutants")}
     for _ in range(2):  # mutmut's first statistics run sometimes fails where the second passes
@@ -211,16 +212,25 @@ def run(area: str, spec: Area, scratch: Path, children: int, only: list[str] | N
                               cwd=work, env=env, check=False)
         if done.returncode == 0:
             break
+    if only:  # mutmut may blank the results of mutants it was not given: keep theirs from before
+        for meta, codes in _codes(work, spec).items():
+            kept = {name: code if code is not None or name in only else before.get(meta, {}).get(name)
+                    for name, code in codes.items()}
+            if kept != codes:
+                data = json.loads(meta.read_text())
+                meta.write_text(json.dumps({**data, "exit_code_by_key": kept}))
+
+
+def _codes(work: Path, spec: Area) -> dict[Path, dict[str, int | None]]:
+    """Return mutmut's exit code per mutant, per result file of the area's files."""
+    metas = [work / "mutants" / f"{file}.meta" for file in spec.files]
+    return {meta: json.loads(meta.read_text())["exit_code_by_key"] for meta in metas if meta.exists()}
 
 
 def results(area: str, spec: Area, scratch: Path) -> dict[str, list[str]]:
     """Return the area's mutant names by outcome, from mutmut's cached results."""
     by: dict[str, list[str]] = {}
-    for file in spec.files:
-        meta = scratch / area / "mutants" / f"{file}.meta"
-        if not meta.exists():
-            continue
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
+    for codes in _codes(scratch / area, spec).values():
         for name, code in codes.items():
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.mutants):
                 continue
