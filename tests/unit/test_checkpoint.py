@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from shipyard.datasets.demo import write_demo_source
 from shipyard.params import TrainParams
-from shipyard.settings import Settings
-from shipyard.storage import Store, filesystem
+from shipyard.storage import Store
 from shipyard.training import checkpoint
 from shipyard.training.digits import DigitsRecipe
 from shipyard.training.distributed import World
@@ -24,16 +22,6 @@ from shipyard.training.loop import EpochMetrics, Loop
 PREFIX = ("training", "0123456789abcdef", "checkpoints")
 CPU = World(rank=0, size=1, device=torch.device("cpu"))
 PARAMS = TrainParams(epochs=3, hidden_units=8)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return filesystem(Settings(store_uri=str(tmp_path / "store")))
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_source(tmp_path_factory.mktemp("source") / "digits")
 
 
 def _state(marker: float) -> dict[str, object]:

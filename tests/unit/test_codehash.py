@@ -14,12 +14,10 @@ import pytest
 
 from shipyard.cli import build_parser
 from shipyard.cli.pipeline import build_params
-from shipyard.datasets.demo import write_demo_source
 from shipyard.errors import ConfigError, TrainingError
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
-from shipyard.settings import Settings
-from shipyard.storage import Store, filesystem
+from shipyard.storage import Store
 from shipyard.training import plan_training, resolve_params, train, training_key
 from shipyard.training.codehash import recipe_code
 from shipyard.training.trainer import launched_result
@@ -55,16 +53,6 @@ def user_code(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     sys.path.insert(0, str(package.parent))
     yield f"{name}.model:recipe", package
     sys.path.remove(str(package.parent))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return filesystem(Settings(store_uri=str(tmp_path / "store")))
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_source(tmp_path_factory.mktemp("source") / "digits")
 
 
 def test_editing_the_recipe_retrains_and_says_why_unchanged_code_is_a_hit(

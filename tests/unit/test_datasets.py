@@ -24,11 +24,6 @@ from shipyard.settings import Settings
 from shipyard.storage import Store, filesystem
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return filesystem(Settings(store_uri=str(tmp_path / "store")))
-
-
 def make_source(root: Path) -> Path:
     """Write one file of every supported format."""
     (root / "train").mkdir(parents=True)

@@ -25,8 +25,7 @@ from shipyard.rollout.champion import (
     serve_champion,
     set_champion,
 )
-from shipyard.settings import Settings
-from shipyard.storage import Store, filesystem
+from shipyard.storage import Store
 
 
 class MemoryTarget:
@@ -72,11 +71,6 @@ def name(registry_client: MlflowClient, request: pytest.FixtureRequest, tmp_path
 @pytest.fixture
 def client(registry_client: MlflowClient, name: str) -> MlflowClient:
     return registry_client
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return filesystem(Settings(home=tmp_path / "home"))
 
 
 def _turns_taken(store: Store, name: str) -> list[str]:

@@ -12,7 +12,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from shipyard.datasets.demo import write_demo_source
 from shipyard.errors import TrainingError
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
@@ -28,16 +27,6 @@ from tests.training_recipes import Evicted, SigtermAtStep, evicting
 REF = DatasetRef(name="digits", version="0123456789abcdef")
 
 FAST = {"epochs": 2, "hidden_units": 16}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_source(tmp_path_factory.mktemp("source") / "digits")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return filesystem(Settings(store_uri=str(tmp_path / "store")))
 
 
 @pytest.fixture
