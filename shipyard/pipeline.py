@@ -69,6 +69,8 @@ def up_to_date(settings: Settings, dataset: DatasetParams, training: TrainParams
     a staged version, is there a finished training with this key, which version was registered from it, is
     that version ``champion``, does the target serve it. The first "no" returns None (the pipeline has work
     to do). The stage step hashes the source through the local hash cache; nothing else is written anywhere.
+    ``rollout`` is taken so a caller can pass a run's parameters whole: it changes nothing for a version that
+    already serves (a rerun's rollout takes no smoke test).
     """
     from shipyard import datasets
     from shipyard import registry as models
