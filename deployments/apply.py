@@ -12,6 +12,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runner.storage import LocalStorage
 from prefect.schedules import Cron, Schedule
 from prefect.workers.process import ProcessWorker
 
@@ -69,9 +70,11 @@ def _deployment(spec: DeploymentSpec, settings: Settings, path: Path) -> RunnerD
         description=spec.description, tags=list(spec.tags), work_pool_name=spec.work_pool(settings),
         job_variables=dict(spec.job_variables), triggers=list(triggers(spec)),
     )
-    # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS.
+    # The worker loads the entrypoint relative to this path: the checkout locally, the image's WORKDIR on EKS. As a
+    # pull step (set_working_directory), not as the deployment's path: given a path and no pull steps, Prefect
+    # copies that whole directory (the checkout with its virtualenv, gigabytes) into a fresh workspace per run.
     deployment.entrypoint = spec.entrypoint
-    deployment._path = str(path)
+    deployment.storage = LocalStorage(str(path))
     return deployment
 
 

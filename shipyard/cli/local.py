@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ def _start_worker(settings: Settings, api_url: str) -> None:
     if processes.find(settings.home, "worker"):
         return
     cmd = [_bin("prefect"), "worker", "start", "--pool", settings.local_work_pool, "--type", "process"]
-    env = {"PREFECT_API_URL": api_url, "SHIPYARD_HOME": str(settings.home.resolve())}
+    env = {"PREFECT_API_URL": api_url, "SHIPYARD_HOME": str(settings.home.resolve()),
+           # The server is on this machine, so asking it for work every 2 s (Prefect's default: 10 s) is cheap, and
+           # the Run button's flow run starts within 2 s instead of up to 10.
+           "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2")}
     processes.spawn(settings.home, "worker", cmd, health_url=None, env=env)
 
 

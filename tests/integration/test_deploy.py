@@ -23,7 +23,11 @@ def test_cluster_deployments_land_on_their_kubernetes_pools(prefect_api: str) ->
         train = client.read_deployment_by_name("train-flow/cluster")
         assert train.work_pool_name == "deploy-gpu-train"
         assert train.job_variables["image"] == "registry.example/shipyard:1.2.3"
-        assert train.path == str(IMAGE_WORKDIR) and train.entrypoint == "flows/train.py:train_flow"
+        # Pods run the image's code where it is: a set_working_directory pull step, no path (which Prefect would
+        # copy into a fresh workspace for every run).
+        assert train.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                     {"directory": str(IMAGE_WORKDIR)}}]
+        assert train.path is None and train.entrypoint == "flows/train.py:train_flow"
         # Pods reach the same store and MLflow as the deploying machine, and the pipeline trains on the cluster.
         assert train.job_variables["env"]["SHIPYARD_STORE_URI"] == "s3://ml-store/shipyard"
         assert train.job_variables["env"]["SHIPYARD_MLFLOW_TRACKING_URI"] == "https://mlflow.internal"

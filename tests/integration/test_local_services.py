@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from shipyard import processes
+from shipyard.settings import load_settings
 from tests.servers import free_port
 
 SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
@@ -102,6 +103,11 @@ def test_up_makes_the_run_button_work_and_down_stops_everything(local_ports: dic
                          capture_output=True, text=True, timeout=500, env=env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert "Completed" in run.stdout
+    # The worker ran the flow in the checkout itself, not in a per-run copy of it (gigabytes with its virtualenv).
+    worker = processes.find(load_settings().home, "worker")
+    assert worker is not None
+    worker_log = Path(worker.log_path).read_text()
+    assert "Running 1 deployment pull step(s)" in worker_log and "Downloading flow code" not in worker_log
     endpoint = f"http://127.0.0.1:{local_ports['SHIPYARD_INFERENCE_PORT']}"
     assert httpx.get(f"{endpoint}/version").json()["model_name"] == "digits-classifier"
 
