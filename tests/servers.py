@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -12,12 +13,27 @@ from pathlib import Path
 
 import httpx
 
+# Under pytest-xdist each worker draws from a block of its own, below the kernel's ephemeral range (32768+):
+# a port one worker chose and has not bound yet can never be handed to another worker, or to a bind to port 0.
+_BLOCK, _FIRST = 4000, 16000
+
 
 def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port nobody listens on right now (from this xdist worker's own block, when there is one)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    first = _FIRST + int(worker[2:]) * _BLOCK
+    for port in random.sample(range(first, first + _BLOCK), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + _BLOCK - 1} for xdist worker {worker}")
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path | None = None) -> None:
