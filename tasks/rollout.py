@@ -16,6 +16,7 @@ from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry, rollout
 from shipyard.params import RolloutParams
+from shipyard.registry.aliases import CHAMPION, alias_lease
 from shipyard.rollout.base import ModelRef, RolloutResult
 from shipyard.rollout.champion import champion_version, restore_champion, serve_champion, set_champion
 from shipyard.settings import load_settings
@@ -35,7 +36,10 @@ def hold_champion(model_name: str) -> str | None:
 
 @hold_champion.on_rollback
 def _put_champion_back(transaction: Transaction) -> None:
-    restore_champion(registry.client(load_settings()), transaction.get("model_name"), transaction.get("champion"))
+    settings, name = load_settings(), transaction.get("model_name")
+    with alias_lease(filesystem(settings), name, purpose=f"restore the {CHAMPION} of {name}"):
+        restore_champion(registry.client(settings), name, transaction.get("champion"),
+                         moved_to=transaction.get("serving", None))
 
 
 @task(cache_policy=NO_CACHE)
@@ -48,6 +52,9 @@ def promote_version(model: ModelRef) -> None:
 def roll_out(model: ModelRef, example: list[list[float]] | None, params: RolloutParams) -> RolloutResult:
     """Serve ``model`` on the configured target; a failed load, warm-up or smoke test leaves the old one live."""
     logger = get_run_logger()
+    transaction = get_transaction()
+    if transaction is not None:  # for the rollback hook: the champion it may put back is the one this run moved
+        transaction.set("serving", model.version)
     settings = load_settings()
     client = registry.client(settings)  # also points MLflow at the registry for the smoke test's predictions
     result = serve_champion(client, filesystem(settings), rollout.target(settings), model,

@@ -76,11 +76,21 @@ def set_champion(client: Any, model: ModelRef) -> None:
     log.info("%s of %s is now version %s", CHAMPION, model.model_name, model.version)
 
 
-def restore_champion(client: Any, model_name: str, version: str | None) -> None:
-    """Put ``champion`` back on ``version`` (None: remove it), if it moved."""
+def restore_champion(client: Any, model_name: str, version: str | None, moved_to: str | None = None) -> None:
+    """Put ``champion`` back on ``version`` (None: remove it), if it moved.
+
+    With ``moved_to``, the version this pipeline made champion or set out to serve, only while ``champion``
+    still points there: a champion another pipeline made since is that pipeline's to serve or restore, so a
+    failed rollout never undoes a later promotion. Callers hold the model's alias lease.
+    """
     from mlflow.exceptions import MlflowException
 
-    if champion_version(client, model_name) == version:
+    current = champion_version(client, model_name)
+    if current == version:
+        return
+    if moved_to is not None and current != moved_to:
+        log.warning("%s of %s left on version %s: another pipeline moved it there after version %s", CHAMPION,
+                    model_name, current or "none", moved_to)
         return
     try:
         if version is None:

@@ -247,3 +247,18 @@ def test_restore_champion_says_why_it_could_not(name: str, client: MlflowClient)
     with pytest.raises(RegistryError, match=f"^cannot restore the champion alias of {name}: "):
         restore_champion(client, name, "9")  # no such version
     assert champion_version(client, name) == "1"
+
+
+def test_a_failed_rollout_puts_back_only_the_champion_it_moved_never_a_later_promotion(
+    name: str, client: MlflowClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # This pipeline held 1 and promoted 2; another pipeline promoted 3 before this one's rollout of 2 failed.
+    set_champion(client, ModelRef(model_name=name, version="3"))
+    with caplog.at_level(logging.WARNING, logger="shipyard.rollout.champion"):
+        restore_champion(client, name, "1", moved_to="2")
+    assert champion_version(client, name) == "3"
+    assert caplog.messages == [f"champion of {name} left on version 3: another pipeline moved it there after version 2"]
+    # Nobody moved it since: this pipeline's own promotion goes back.
+    set_champion(client, ModelRef(model_name=name, version="2"))
+    restore_champion(client, name, "1", moved_to="2")
+    assert champion_version(client, name) == "1"
