@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     local_work_pool: str = Field(
         default="shipyard-local", description="Prefect process work pool that 'shipyard up' creates."
     )
+    local_worker_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often the worker 'shipyard up' starts asks the local Prefect server for "
+        "work, so the UI's Run button starts a run within this time (Prefect's own default: 10 s).",
+    )
     image: str = Field(
         default="shipyard:latest",
         description="Container image that cluster jobs and the inference deployment run.",

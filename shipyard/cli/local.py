@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,9 +65,7 @@ def _start_worker(settings: Settings, api_url: str) -> None:
         return
     cmd = [_bin("prefect"), "worker", "start", "--pool", settings.local_work_pool, "--type", "process"]
     env = {"PREFECT_API_URL": api_url, "SHIPYARD_HOME": str(settings.home.resolve()),
-           # The server is on this machine, so asking it for work every 2 s (Prefect's default: 10 s) is cheap, and
-           # the Run button's flow run starts within 2 s instead of up to 10.
-           "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2")}
+           "PREFECT_WORKER_QUERY_SECONDS": str(settings.local_worker_poll_seconds)}
     processes.spawn(settings.home, "worker", cmd, health_url=None, env=env)
 
 
