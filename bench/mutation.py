@@ -58,10 +58,14 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.rollout.champion.*",),
         tests=("tests/unit/test_rollout_champion.py",),
     ),
+    # The Kubernetes target's roll out, wait, smoke test and restore, against a fake API server over HTTP and a fake
+    # Deployment controller in the test process (seconds per mutant).
     "rollout-rollback": Area(
-        files=("shipyard/rollout/local.py", "shipyard/rollout/champion.py"),
-        mutants=("shipyard.rollout.local.xǁLocalTargetǁroll_out__*", "shipyard.rollout.champion.*"),
-        tests=("tests/integration/test_serving_rollout.py",),
+        files=("shipyard/rollout/kubernetes.py",),
+        mutants=tuple(f"shipyard.rollout.kubernetes.{f}__*" for f in (
+            "x_pinned_model", "xǁKubernetesTargetǁroll_out", "xǁKubernetesTargetǁ_wait",
+            "xǁKubernetesTargetǁ_smoke_test", "xǁKubernetesTargetǁ_restore", "xǁKubernetesTargetǁ_read")),
+        tests=("tests/integration/test_rollout_kube.py",),
     ),
     "checkpoint-restore": Area(
         files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
