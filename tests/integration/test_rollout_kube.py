@@ -7,6 +7,7 @@ that pod's pinned model version, so a smoke test shows which version the Service
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -429,3 +430,21 @@ def test_every_distinct_pod_problem_is_named(cluster: Cluster) -> None:
     assert len(problems) == 2, problems
     assert f"pod {NAME}-evicted cannot be scheduled: {fakedeploy.UNSCHEDULABLE}" in problems
     assert any(p.startswith(f"pod {NAME}-") and "CrashLoopBackOff" in p for p in problems), problems
+
+
+def test_a_deployment_deleted_by_hand_during_a_first_rollout_is_reported_with_both_failures() -> None:
+    looks = itertools.count()
+    with fakekube.serve() as fake:  # no controller: the rollout waits, and meanwhile someone deletes it
+        def clock() -> float:
+            if next(looks) == 3:
+                fake.remove("deployments", NS, NAME)  # kubectl delete deployment shipyard-inference
+            return 0.0
+
+        lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.001, clock=clock)
+        with pytest.raises(KubeError) as caught:
+            target.roll_out(V1, EXAMPLE)
+    gone = f'404 deployments "{NAME}" not found'
+    assert str(caught.value) == (
+        f"{failed(V1)}Kubernetes API refused to read deployment {WHERE}: {gone}; nothing was live before, and "
+        f"deleting the deployment failed too: Kubernetes API refused to delete deployment {WHERE}: {gone}")
