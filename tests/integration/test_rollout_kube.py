@@ -448,3 +448,55 @@ def test_a_deployment_deleted_by_hand_during_a_first_rollout_is_reported_with_bo
     assert str(caught.value) == (
         f"{failed(V1)}Kubernetes API refused to read deployment {WHERE}: {gone}; nothing was live before, and "
         f"deleting the deployment failed too: Kubernetes API refused to delete deployment {WHERE}: {gone}")
+
+
+def test_a_rollback_the_api_server_drops_says_what_serves(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = version_answers()
+
+    def fails_then_the_api_server_goes_away(pod: dict[str, Any], method: str, path: str,
+                                            body: bytes) -> tuple[int, dict[str, Any]]:
+        if pod["metadata"]["annotations"]["shipyard.dev/model-version"] != "2":
+            return answers(pod, method, path, body)
+
+        def drop(*args: Any) -> dict[str, Any]:
+            raise ConnectionResetError("the API server went away")  # closes without an answer
+        monkeypatch.setattr(cluster.fake, "apply", drop)
+        return 500, {"message": "version 2 is broken"}
+
+    cluster.fake.backend = fails_then_the_api_server_goes_away
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} got HTTP 500: ")
+    assert (f"; rolling back to models:/digits/1 failed too: Kubernetes API unreachable while trying to apply the "
+            f"last good spec of deployment {WHERE}: ") in message
+    assert cluster.pinned() == "2"  # as the message says: the rollback never reached the cluster
+
+
+def test_a_rollback_no_controller_finishes_fails_after_the_guard_and_says_so() -> None:
+    outcomes: dict[str, str] = {}
+    ticks = itertools.count(0, 100)
+    with fakekube.serve() as fake, fakedeploy.controller(fake, fakedeploy.by_version(outcomes)) as controller:
+        answers = version_answers()
+
+        def fails_and_the_controller_stops(pod: dict[str, Any], method: str, path: str,
+                                           body: bytes) -> tuple[int, dict[str, Any]]:
+            if pod["metadata"]["annotations"]["shipyard.dev/model-version"] != "2":
+                return answers(pod, method, path, body)
+            controller._stop.set()  # the controller manager goes down: nothing observes the rollback
+            return 500, {"message": "version 2 is broken"}
+
+        def clock() -> float:  # real time until the controller stops, then 100 s a look: the guard, not a wait
+            return float(next(ticks)) if controller._stop.is_set() else 0.0
+
+        fake.backend = fails_and_the_controller_stops
+        lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.01, clock=clock)
+        target.roll_out(V1, EXAMPLE)
+        with pytest.raises(KubeError) as caught:
+            target.roll_out(V2, EXAMPLE)
+    assert str(caught.value).endswith(
+        "; rolling back to models:/digits/1 failed too: rollback to models:/digits/1 did not finish in time (waiting "
+        "for the deployment spec update to be observed)")
