@@ -58,10 +58,21 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.rollout.champion.*",),
         tests=("tests/unit/test_rollout_champion.py",),
     ),
+    # The Kubernetes target's roll out, wait, smoke test and restore, against a fake API server over HTTP and a fake
+    # Deployment controller in the test process (seconds per mutant).
     "rollout-rollback": Area(
-        files=("shipyard/rollout/local.py", "shipyard/rollout/champion.py"),
-        mutants=("shipyard.rollout.local.xǁLocalTargetǁroll_out__*", "shipyard.rollout.champion.*"),
-        tests=("tests/integration/test_serving_rollout.py",),
+        files=("shipyard/rollout/kubernetes.py",),
+        mutants=tuple(f"shipyard.rollout.kubernetes.{f}__*" for f in (
+            "x_pinned_model", "xǁKubernetesTargetǁroll_out", "xǁKubernetesTargetǁ_wait",
+            "xǁKubernetesTargetǁ_smoke_test", "xǁKubernetesTargetǁ_restore", "xǁKubernetesTargetǁ_read")),
+        tests=("tests/integration/test_rollout_kube.py",),
+    ),
+    # The local target's roll out against a real inference server (one per test module, started by the rollout
+    # it checks) and a SQLite registry: no MLflow or Prefect server, 20-40 s per mutant.
+    "rollout-local": Area(
+        files=("shipyard/rollout/local.py",),
+        mutants=("shipyard.rollout.local.xǁLocalTargetǁroll_out__*",),
+        tests=("tests/integration/test_rollout_local.py",),
     ),
     "checkpoint-restore": Area(
         files=("shipyard/training/checkpoint.py", "shipyard/training/loop.py"),
@@ -125,6 +136,12 @@ _G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
 _W = "shipyard.datasets.worklist.xǁWorkListǁ"
+_K = "shipyard.rollout.kubernetes.xǁKubernetesTargetǁ"
+_KUBE_NS = ("lightkube sends a call without a namespace (or an object without one) to the client's default "
+            "namespace, and the target's client is built for the settings' namespace (kube_client(self.namespace))")
+_SPEC = "the API server refuses a Deployment without a spec, so every Deployment read back has one"
+_TEMPLATE = ("a Deployment's pod template must carry labels matching its selector, so the API server never returns one "
+             "without template metadata")
 
 # mutant name -> why no user can tell it from the original (reviewed one by one)
 EQUIVALENT: dict[str, str] = {
@@ -171,6 +188,17 @@ EQUIVALENT: dict[str, str] = {
     "shipyard.training.codehash.x_recipe_code__mutmut_24": _LEN,
     **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
     "shipyard.training.trainer.x_training_key__mutmut_1": _SALT,
+    **{f"{_K}{f}__mutmut_{n}": _KUBE_NS for f, n in (("_read", 4), ("_read", 7), ("_wait", 14), ("_wait", 17),
+                                                      ("_restore", 5), ("_restore", 8), ("_restore", 33),
+                                                      ("_restore", 37))},
+    "shipyard.rollout.kubernetes.x_pinned_model__mutmut_3": _SPEC,
+    **{f"shipyard.rollout.kubernetes.x_pinned_model__mutmut_{n}": _TEMPLATE for n in (7, 8)},
+    f"{_K}_smoke_test__mutmut_34": "'' is no list either: the same KubeError follows as for None",
+    f"{_K}_smoke_test__mutmut_15": "the smoke test gives up on a server that hangs after 61 s instead of 60 s",
+    **{f"shipyard.rollout.local.xǁLocalTargetǁroll_out__mutmut_{n}": "'post'/'delete' name the same request as "
+       "'POST'/'DELETE': httpx upper-cases the method" for n in (79, 93)},
+    "shipyard.rollout.local.xǁLocalTargetǁroll_out__mutmut_87": "check=None is falsy like check=False: _admin takes "
+                                                                 "the same branches",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -174,8 +174,11 @@ class KubernetesTarget:
     def _restore(self, previous: Deployment | None, previous_model: ModelRef | None) -> str:
         """Apply the last good spec again and wait for it; say what is live now."""
         if previous is None:
-            with translate(f"delete deployment {self.where}"):
-                self.client.delete(Deployment, inference.NAME, namespace=self.namespace)
+            try:  # a failed delete is reported with the rollout's own failure, not instead of it
+                with translate(f"delete deployment {self.where}"):
+                    self.client.delete(Deployment, inference.NAME, namespace=self.namespace)
+            except KubeError as exc:
+                return f"nothing was live before, and deleting the deployment failed too: {exc}"
             log.warning("deleted deployment %s: nothing was live before", self.where)
             return "nothing was live before, so the deployment was deleted"
         meta = previous.metadata or ObjectMeta()

@@ -7,7 +7,11 @@ that pod's pinned model version, so a smoke test shows which version the Service
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,17 @@ from lightkube import KubeConfig
 
 from shipyard.errors import ConfigError, KubeError
 from shipyard.kube import client
+from shipyard.kube import inference as manifests
 from shipyard.rollout.base import ModelRef
 from shipyard.rollout.kubernetes import FIELD_MANAGER, KubernetesTarget
 from shipyard.settings import Settings
 from tests import fakedeploy, fakekube
+from tests.servers import free_port
 
 NS = "shipyard"
 NAME = "shipyard-inference"
+WHERE = f"{NS}/{NAME}"
+LOGGER = "shipyard.rollout.kubernetes"
 EXAMPLE = [[0.0] * 4, [1.0] * 4]
 V1, V2 = ModelRef(model_name="digits", version="1"), ModelRef(model_name="digits", version="2")
 
@@ -77,7 +85,19 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(fake, outcomes)
 
 
-def test_a_rollout_becomes_available_and_the_service_answers_with_the_new_version(cluster: Cluster) -> None:
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """Return the rollout target's log lines (level, message)."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+def failed(model: ModelRef) -> str:
+    """Return how a failed rollout's message starts."""
+    return f"rolling {model.uri} out to deployment {WHERE} failed: "
+
+
+def test_a_rollout_becomes_available_and_the_service_answers_with_the_new_version(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
     target = cluster.target()
     assert target.live() is None
     first = target.roll_out(V1, EXAMPLE)
@@ -96,6 +116,9 @@ def test_a_rollout_becomes_available_and_the_service_answers_with_the_new_versio
         ("deployments", FIELD_MANAGER, True)}
     assert cluster.fake.get("services", NS, NAME) is not None
     assert cluster.fake.get("poddisruptionbudgets", NS, NAME) is not None
+    # Each rollout names the version, the Deployment and the cluster; nothing to warn about.
+    assert logged(caplog) == [(logging.INFO, f"rolling {v.uri} out to deployment {WHERE} (context fake)")
+                              for v in (V1, V2)]
 
 
 def test_rolling_out_the_live_version_again_changes_nothing(cluster: Cluster) -> None:
@@ -105,6 +128,10 @@ def test_rolling_out_the_live_version_again_changes_nothing(cluster: Cluster) ->
     again = target.roll_out(V1, EXAMPLE)
     assert again.reused and again.previous == V1 and again.predictions == ["v1", "v1"]
     assert cluster.deployment()["metadata"]["generation"] == generation  # type: ignore[index]
+    # The same version on a new image is a new rollout of the Deployment, not a reuse.
+    upgraded = cluster.target(image="shipyard:0.1.1").roll_out(V1, EXAMPLE)
+    assert not upgraded.reused and upgraded.previous == V1 and upgraded.predictions == ["v1", "v1"]
+    assert cluster.deployment()["metadata"]["generation"] == generation + 1  # type: ignore[index]
 
 
 @pytest.mark.parametrize("outcome, reason", [
@@ -115,7 +142,7 @@ def test_rolling_out_the_live_version_again_changes_nothing(cluster: Cluster) ->
     ("unschedulable", f"cannot be scheduled: {fakedeploy.UNSCHEDULABLE}"),
 ], ids=["deadline", "probe", "crash-loop", "crash-exit", "unschedulable"])
 def test_a_version_that_never_gets_ready_is_rolled_back_with_the_pods_reason(
-        cluster: Cluster, outcome: str, reason: str) -> None:
+        cluster: Cluster, outcome: str, reason: str, caplog: pytest.LogCaptureFixture) -> None:
     target = cluster.target()
     target.roll_out(V1, EXAMPLE)
     cluster.outcomes["2"] = outcome
@@ -123,7 +150,12 @@ def test_a_version_that_never_gets_ready_is_rolled_back_with_the_pods_reason(
         target.roll_out(V2, EXAMPLE)
     message = str(caught.value)
     assert reason in message and "\n" not in message
-    assert message.endswith("rolled back to models:/digits/1")
+    assert message.startswith(f"{failed(V2)}deployment {NAME} exceeded its progress deadline (1s without progress): ")
+    assert message.endswith("; rolled back to models:/digits/1")
+    assert (logging.WARNING, f"rolling deployment {WHERE} back to models:/digits/1") in logged(caplog)
+    # The last good spec went back server-side, forced, under Shipyard's field manager (a kubectl edit meanwhile
+    # must not block a rollback).
+    assert cluster.fake.applies[-1] == ("deployments", NAME, FIELD_MANAGER, True)
     assert cluster.pinned() == "1"
     live = target.live()
     assert live is not None and live.model == V1 and live.detail["replicas"] == "2/2"
@@ -160,12 +192,14 @@ def test_a_failed_smoke_test_through_the_service_rolls_back_with_the_servers_ans
     assert target.roll_out(V1, EXAMPLE).predictions == ["v1", "v1"]
 
 
-def test_a_first_rollout_that_fails_leaves_nothing_serving(cluster: Cluster) -> None:
+def test_a_first_rollout_that_fails_leaves_nothing_serving(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     cluster.outcomes["1"] = "crash"
     target = cluster.target()
-    with pytest.raises(KubeError, match=r"CrashLoopBackOff.*nothing was live before, so the deployment was deleted"):
+    with pytest.raises(KubeError, match=r"CrashLoopBackOff") as caught:
         target.roll_out(V1, EXAMPLE)
+    assert str(caught.value).endswith("; nothing was live before, so the deployment was deleted")
     assert cluster.deployment() is None and target.live() is None
+    assert (logging.WARNING, f"deleted deployment {WHERE}: nothing was live before") in logged(caplog)
 
 
 def test_credentials_in_the_tracking_uri_are_refused_before_anything_is_applied(cluster: Cluster) -> None:
@@ -228,11 +262,241 @@ def test_a_deployment_changed_by_another_rollout_meanwhile_is_left_alone(cluster
 
 
 def test_a_deployment_no_controller_ever_observes_fails_after_the_guard_and_is_removed() -> None:
-    ticks = iter(range(0, 10**6, 100))  # each look at the clock is 100 s later: the guard, not a real wait
+    looks: list[float] = []
+
+    def clock() -> float:  # each look at the clock is a second later: the guard, not a real wait
+        looks.append(float(len(looks)))
+        return looks[-1]
+
     with fakekube.serve() as fake:  # no controller: observedGeneration never catches up
         lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
-        target = KubernetesTarget(settings(), lk, poll_seconds=0.01, clock=lambda: float(next(ticks)))
-        with pytest.raises(KubeError, match=r"rollout of models:/digits/1 did not finish in time \(waiting for the "
-                                            r"deployment spec update to be observed\).*deployment was deleted"):
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.001, clock=clock)
+        with pytest.raises(KubeError) as caught:
             target.roll_out(V1, EXAMPLE)
+        assert str(caught.value) == (
+            f"{failed(V1)}rollout of models:/digits/1 did not finish in time (waiting for the deployment spec update "
+            "to be observed); nothing was live before, so the deployment was deleted")
         assert fake.get("deployments", NS, NAME) is None
+    # The guard is the progress deadline per replica and two more, plus a minute: 1 s x (2 + 2) + 60 s = 64 s
+    # after the start, so the first look past it (65 s) gives up.
+    assert looks[-1] == 65.0
+
+
+LONG = "trace " * 100  # an answer longer than what a message quotes (300 characters)
+
+
+@pytest.mark.parametrize("answer, says", [
+    ((200, {"predictions": ["v2"]}), 'expected 2 predictions, got: {"predictions": ["v2"]}'),
+    ((200, {"predictions": "v2 v2"}), 'expected 2 predictions, got: {"predictions": "v2 v2"}'),
+    ((200, {"predictions": ["v2"], "trace": LONG}),
+     "expected 2 predictions, got: " + json.dumps({"predictions": ["v2"], "trace": LONG})[:300] + ";"),
+    ((500, {"message": LONG}), "got HTTP 500: " + json.dumps({"message": LONG})[:300] + ";"),
+], ids=["one-row-short", "not-a-list", "long-answer", "long-error"])
+def test_a_smoke_test_answer_other_than_one_prediction_per_row_rolls_back_quoting_it(
+        cluster: Cluster, answer: tuple[int, dict[str, Any]], says: str) -> None:
+    cluster.fake.backend = version_answers({"2": answer})
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} ")
+    assert says in message and message.endswith("; rolled back to models:/digits/1")
+    assert cluster.pinned() == "1"
+
+
+def test_a_smoke_test_whose_connection_drops_rolls_back(cluster: Cluster) -> None:
+    answers = version_answers()
+
+    def drops_version_2(pod: dict[str, Any], method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if pod["metadata"]["annotations"]["shipyard.dev/model-version"] == "2":
+            raise ConnectionResetError("the pod went away")  # the fake API server closes without an answer
+        return answers(pod, method, path, body)
+
+    cluster.fake.backend = drops_version_2
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} failed: ")
+    assert message.endswith("; rolled back to models:/digits/1") and cluster.pinned() == "1"
+
+
+def test_an_example_the_smoke_test_cannot_send_rolls_back_naming_the_error(cluster: Cluster) -> None:
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, [[math.nan] * 4])  # not JSON: not a KubeError, rolled back all the same
+    message = str(caught.value)
+    assert message.startswith(f"{failed(V2)}ValueError: Out of range float values are not JSON compliant")
+    assert message.endswith("; rolled back to models:/digits/1") and cluster.pinned() == "1"
+
+
+def test_the_last_good_spec_comes_back_with_its_labels_and_annotations_but_not_the_controllers(
+        cluster: Cluster) -> None:
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    live = cluster.deployment()
+    assert live is not None
+    labels = dict(live["metadata"]["labels"])
+    # As on a cluster: the Deployment controller and kubectl keep annotations of their own beside a team's.
+    live["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1",
+                                       "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                       "example.com/owner": "ml-platform"}
+    cluster.fake.put("deployments", live)
+    cluster.fake.backend = version_answers({"2": (503, {"message": "warming up"})})
+    with pytest.raises(KubeError, match="rolled back to models:/digits/1"):
+        target.roll_out(V2, EXAMPLE)
+    restored = cluster.deployment()
+    assert restored is not None and cluster.pinned() == "1"
+    assert restored["metadata"]["labels"] == labels
+    assert restored["metadata"]["annotations"] == {"example.com/owner": "ml-platform"}
+
+
+def _available(cluster: Cluster) -> None:
+    """Wait until the controller reports every replica of the current Deployment available."""
+    for _ in range(500):
+        deployment = cluster.deployment() or {}
+        status = deployment.get("status", {})
+        if status.get("observedGeneration") == deployment["metadata"].get("generation") and \
+                status.get("availableReplicas") == deployment["spec"]["replicas"] == status.get("updatedReplicas"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"deployment never became available: {cluster.deployment()}")
+
+
+def test_a_deployment_not_pinned_to_a_version_is_replaced_and_restored_as_the_previous_spec(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    hand_made = manifests.deployment(settings(image="registry.example/hand-made:1"), "digits", "0")
+    template = hand_made["spec"]["template"]["metadata"]
+    del template["annotations"]["shipyard.dev/model-version"], template["labels"]["shipyard.dev/model-version"]
+    cluster.fake.apply("deployments", NS, NAME, hand_made)  # a model name, no version: not one Shipyard rolled
+    _available(cluster)
+    target = cluster.target()
+    assert target.live() is None
+    cluster.outcomes["1"] = "crash"
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V1, EXAMPLE)
+    assert str(caught.value).endswith("; rolled back to the previous spec")
+    assert (logging.WARNING, f"rolling deployment {WHERE} back to the previous spec") in logged(caplog)
+    restored = cluster.deployment()
+    assert restored is not None and restored["spec"] == json.loads(json.dumps(hand_made["spec"]))
+
+
+def test_a_rollout_over_one_still_in_progress_says_so_and_starts_from_its_spec(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    cluster.target().roll_out(V1, EXAMPLE)
+    cluster.outcomes["2"] = "unready"
+    # Another pipeline applied version 2 and has not seen it finish (it never will).
+    cluster.fake.apply("deployments", NS, NAME, manifests.deployment(settings(), "digits", "2"))
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    v3 = ModelRef(model_name="digits", version="3")
+    result = cluster.target().roll_out(v3, EXAMPLE)
+    assert result.previous == V2 and result.predictions == ["v3", "v3"] and cluster.pinned() == "3"
+    warnings = [m for level, m in logged(caplog) if level == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"deployment {WHERE} was not fully rolled out before this rollout (")
+    assert warnings[0].endswith("); a failure restores that spec")
+    state = warnings[0].split(" (", 1)[1].rsplit(")", 1)[0]
+    assert state in ("waiting for the deployment spec update to be observed", "1 out of 2 new replicas have been "
+                     "updated", f"deployment {NAME} exceeded its progress deadline"), state
+
+
+def test_an_unreachable_api_server_is_one_line_and_nothing_is_applied() -> None:
+    nowhere = fakekube.FakeKube()
+    nowhere.url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    target = KubernetesTarget(settings(), client(NS, KubeConfig.from_dict(nowhere.kubeconfig(NS))))
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V1, EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith(f"Kubernetes API unreachable while trying to read deployment {WHERE}: ")
+    assert "\n" not in message
+
+
+def test_every_distinct_pod_problem_is_named(cluster: Cluster) -> None:
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    # A pod of the live version was evicted and cannot be scheduled again (its node lost its GPU).
+    unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                   "message": fakedeploy.UNSCHEDULABLE}
+    cluster.fake.put("pods", {"metadata": {"name": f"{NAME}-evicted", "namespace": NS,
+                                           "labels": dict(manifests.SELECTOR)},
+                              "status": {"phase": "Pending", "conditions": [unscheduled]}})
+    cluster.outcomes["2"] = "crash"
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, EXAMPLE)
+    problems = str(caught.value).split("(1s without progress): ", 1)[1].rsplit("; rolled back to", 1)[0].split("; ")
+    assert len(problems) == 2, problems
+    assert f"pod {NAME}-evicted cannot be scheduled: {fakedeploy.UNSCHEDULABLE}" in problems
+    assert any(p.startswith(f"pod {NAME}-") and "CrashLoopBackOff" in p for p in problems), problems
+
+
+def test_a_deployment_deleted_by_hand_during_a_first_rollout_is_reported_with_both_failures() -> None:
+    looks = itertools.count()
+    with fakekube.serve() as fake:  # no controller: the rollout waits, and meanwhile someone deletes it
+        def clock() -> float:
+            if next(looks) == 3:
+                fake.remove("deployments", NS, NAME)  # kubectl delete deployment shipyard-inference
+            return 0.0
+
+        lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.001, clock=clock)
+        with pytest.raises(KubeError) as caught:
+            target.roll_out(V1, EXAMPLE)
+    gone = f'404 deployments "{NAME}" not found'
+    assert str(caught.value) == (
+        f"{failed(V1)}Kubernetes API refused to read deployment {WHERE}: {gone}; nothing was live before, and "
+        f"deleting the deployment failed too: Kubernetes API refused to delete deployment {WHERE}: {gone}")
+
+
+def test_a_rollback_the_api_server_drops_says_what_serves(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = version_answers()
+
+    def fails_then_the_api_server_goes_away(pod: dict[str, Any], method: str, path: str,
+                                            body: bytes) -> tuple[int, dict[str, Any]]:
+        if pod["metadata"]["annotations"]["shipyard.dev/model-version"] != "2":
+            return answers(pod, method, path, body)
+
+        def drop(*args: Any) -> dict[str, Any]:
+            raise ConnectionResetError("the API server went away")  # closes without an answer
+        monkeypatch.setattr(cluster.fake, "apply", drop)
+        return 500, {"message": "version 2 is broken"}
+
+    cluster.fake.backend = fails_then_the_api_server_goes_away
+    target = cluster.target()
+    target.roll_out(V1, EXAMPLE)
+    with pytest.raises(KubeError) as caught:
+        target.roll_out(V2, EXAMPLE)
+    message = str(caught.value)
+    assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} got HTTP 500: ")
+    assert (f"; rolling back to models:/digits/1 failed too: Kubernetes API unreachable while trying to apply the "
+            f"last good spec of deployment {WHERE}: ") in message
+    assert cluster.pinned() == "2"  # as the message says: the rollback never reached the cluster
+
+
+def test_a_rollback_no_controller_finishes_fails_after_the_guard_and_says_so() -> None:
+    outcomes: dict[str, str] = {}
+    ticks = itertools.count(0, 100)
+    with fakekube.serve() as fake, fakedeploy.controller(fake, fakedeploy.by_version(outcomes)) as controller:
+        answers = version_answers()
+
+        def fails_and_the_controller_stops(pod: dict[str, Any], method: str, path: str,
+                                           body: bytes) -> tuple[int, dict[str, Any]]:
+            if pod["metadata"]["annotations"]["shipyard.dev/model-version"] != "2":
+                return answers(pod, method, path, body)
+            controller._stop.set()  # the controller manager goes down: nothing observes the rollback
+            return 500, {"message": "version 2 is broken"}
+
+        def clock() -> float:  # real time until the controller stops, then 100 s a look: the guard, not a wait
+            return float(next(ticks)) if controller._stop.is_set() else 0.0
+
+        fake.backend = fails_and_the_controller_stops
+        lk = client(NS, KubeConfig.from_dict(fake.kubeconfig(NS)))
+        target = KubernetesTarget(settings(), lk, poll_seconds=0.01, clock=clock)
+        target.roll_out(V1, EXAMPLE)
+        with pytest.raises(KubeError) as caught:
+            target.roll_out(V2, EXAMPLE)
+    assert str(caught.value).endswith(
+        "; rolling back to models:/digits/1 failed too: rollback to models:/digits/1 did not finish in time (waiting "
+        "for the deployment spec update to be observed)")
