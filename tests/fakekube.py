@@ -300,7 +300,7 @@ def serve() -> Iterator[FakeKube]:
     server = _Server(("127.0.0.1", free_port()), _Handler)
     server.fake = fake
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="fakekube", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fakekube", daemon=True)
     thread.start()
     try:
         yield fake
