@@ -258,6 +258,13 @@ def test_a_failed_rollout_puts_back_only_the_champion_it_moved_never_a_later_pro
         restore_champion(client, name, "1", moved_to="2")
     assert champion_version(client, name) == "3"
     assert caplog.messages == [f"champion of {name} left on version 3: another pipeline moved it there after version 2"]
+    # Another pipeline's rollback removed it meanwhile: left removed, and said so.
+    client.delete_registered_model_alias(name, "champion")
+    with caplog.at_level(logging.WARNING, logger="shipyard.rollout.champion"):
+        restore_champion(client, name, "1", moved_to="2")
+    assert champion_version(client, name) is None
+    assert caplog.messages[-1] == f"champion of {name} left on version none: another pipeline moved it there after " \
+                                  "version 2"
     # Nobody moved it since: this pipeline's own promotion goes back.
     set_champion(client, ModelRef(model_name=name, version="2"))
     restore_champion(client, name, "1", moved_to="2")
