@@ -45,12 +45,14 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.registry.gate.x_verdict__*",),
         tests=("tests/unit/test_promotion.py",),
     ),
-    # Needs a real MLflow server per mutant (minutes each on two cores): run where there is time.
+    # The gate's alias moves and decisions against a real SQLite registry in the test process (seconds); the same
+    # against a real MLflow server is tests/integration/test_registry_gate.py.
     "promotion-registry": Area(
         files=("shipyard/registry/gate.py", "shipyard/registry/aliases.py"),
-        mutants=("shipyard.registry.gate.x__decide__*", "shipyard.registry.aliases.x_move__*",
-                 "shipyard.registry.aliases.x__restore__*", "shipyard.registry.aliases.x__set__*"),
-        tests=("tests/integration/test_registry_gate.py",),
+        mutants=tuple(f"shipyard.registry.gate.x_{f}__*" for f in ("judge", "_decide", "already_champion",
+                                                                   "promote", "_check_promotable", "load_failure"))
+        + tuple(f"shipyard.registry.aliases.x_{f}__*" for f in ("move", "_set", "_restore", "record", "history")),
+        tests=("tests/unit/test_promotion_registry.py",),
     ),
     # The champion/live-version decisions alone, against a real SQLite registry and an in-memory target (seconds).
     "rollout-champion": Area(
