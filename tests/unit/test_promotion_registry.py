@@ -9,6 +9,8 @@ against a real MLflow server, with models logged by `register`, is in tests/inte
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,18 +24,20 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from shipyard import datasets
 from shipyard.datasets.demo import write_demo_source
-from shipyard.errors import RegistryError
+from shipyard.errors import RegistryError, ShipyardError
 from shipyard.params import RegisterParams, TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.registry import (
     TAG_TRAIN_KEY,
     AliasMove,
     Approval,
+    Holdout,
     Registered,
     RunContext,
     already_champion,
     history,
     judge,
+    load_failure,
     promote,
 )
 from shipyard.registry.aliases import move, record
@@ -53,6 +57,19 @@ class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         return model_input
 
 
+class Unloadable(Echo):
+    """A model whose loading fails with ``message`` (as a recipe's missing dependency would)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def load_context(self, context: Any) -> None:
+        raise ValueError(self.message)
+
+
+LONG = "x" * 300 + "\nsecond line"
+
+
 @pytest.fixture(scope="module")
 def registry_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One SQLite registry for the module, also the one `models:/` URIs resolve in (for the load check)."""
@@ -70,11 +87,13 @@ def registry_client(registry_uri: str) -> MlflowClient:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Artifact locations a version can be created from: one that loads, one whose MLmodel is missing."""
+    """Artifact locations a version can be created from: one that loads, two that fail to, one without MLmodel."""
     root = tmp_path_factory.mktemp("models")
-    mlflow.pyfunc.save_model(str(root / "echo"), python_model=Echo(), pip_requirements=[])
+    mlflow.pyfunc.save_model(str(root / "loads"), python_model=Echo(), pip_requirements=[])
+    for kind, message in (("silent", ""), ("long", LONG)):
+        mlflow.pyfunc.save_model(str(root / kind), python_model=Unloadable(message), pip_requirements=[])
     (root / "broken").mkdir()
-    return {"loads": (root / "echo").as_uri(), "broken": (root / "broken").as_uri()}
+    return {kind: (root / kind).as_uri() for kind in ("loads", "silent", "long", "broken")}
 
 
 @pytest.fixture(scope="module")
@@ -131,20 +150,32 @@ def _moves(store: Store, name: str) -> list[tuple[str, str | None, str | None]]:
     return [(m.alias, m.replaced, m.version) for m in history(store, name)]
 
 
+def _purposes(store: Store, name: str) -> list[str]:
+    """What each holder of the model's alias lease said it was for, in turn."""
+    leases = sorted((n for n in store.list("registry", name, "aliases") if n.endswith(".lease")),
+                    key=lambda n: int(n.split(".")[0]))
+    return [json.loads(store.read_bytes("registry", name, "aliases", n))["purpose"] for n in leases]
+
+
 # --- alias moves and their history --------------------------------------------------------------------------
 
 
 def test_a_move_points_each_alias_in_order_and_records_each_change_with_its_reason(
-        registry_client: MlflowClient, name: str, versions: list[str], store: Store) -> None:
+        registry_client: MlflowClient, name: str, versions: list[str], store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
     _set(registry_client, name, champion="1", challenger="3")
-    moves = move(registry_client, store, name, [("previous", "1"), ("champion", "2"), ("challenger", "3")],
-                 "beats champion v1", CONTEXT, actor="cli: alice")
+    with caplog.at_level(logging.INFO, logger="shipyard.registry.aliases"):
+        moves = move(registry_client, store, name, [("previous", "1"), ("champion", "2"), ("challenger", "3")],
+                     "beats champion v1", CONTEXT, actor="cli: alice")
+    assert caplog.messages == [f"{name}@previous: None -> 1 (beats champion v1)",
+                               f"{name}@champion: 1 -> 2 (beats champion v1)"]
     assert _aliases(registry_client, name) == {"champion": "2", "previous": "1", "challenger": "3"}
     # challenger already pointed at 3: nothing moved, nothing recorded for it
     assert [(m.alias, m.replaced, m.version) for m in moves] == [("previous", None, "1"), ("champion", "1", "2")]
     assert history(store, name) == moves
     assert {(m.model_name, m.reason, m.flow_run_id, m.flow_run_url, m.actor) for m in moves} == {
         (name, "beats champion v1", CONTEXT.flow_run_id, CONTEXT.flow_run_url, "cli: alice")}
+    assert all(m.at.utcoffset() == timedelta(0) for m in moves)  # history times are UTC, whatever the host's zone
 
 
 def test_a_move_to_none_removes_the_alias_and_the_pipeline_is_the_default_actor(
@@ -243,6 +274,26 @@ def test_promote_refuses_a_bad_version_before_taking_the_lease(
     assert store.list("registry", name) == []  # no lease taken, no history
 
 
+@pytest.mark.parametrize("source, says", [
+    ("loads", None),
+    ("silent", "ValueError: "),  # an exception without a message still says what it was
+    ("long", "ValueError: " + "x" * 200),  # one line, cut at 200 characters
+])
+def test_the_load_check_loads_the_version_as_served_and_says_in_one_line_why_not(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], source: str, says: str | None) -> None:
+    _version(registry_client, name, sources[source])
+    assert load_failure(registry_client, name, "1") == says
+
+
+def test_the_load_check_of_a_version_missing_or_without_its_artifacts(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], registry_uri: str) -> None:
+    _version(registry_client, name, sources["broken"])
+    broken = load_failure(registry_client, name, "1")
+    assert broken is not None and broken.startswith(("MlflowException: ", "OSError: ")) and "\n" not in broken
+    with pytest.raises(RegistryError, match=f"^MLflow at {registry_uri} \\({SETTING}\\) failed: "):
+        load_failure(registry_client, name, "2")  # an error from MLflow is an error, not "does not load"
+
+
 # --- the gate: judge and _decide -----------------------------------------------------------------------------
 
 
@@ -258,10 +309,12 @@ def _tags(client: MlflowClient, name: str, version: str) -> dict[str, str]:
 
 def test_the_first_version_is_champion_a_weaker_one_challenger_a_stronger_one_promoted(
         registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
-        trained: dict[str, TrainResult]) -> None:
+        trained: dict[str, TrainResult], caplog: pytest.LogCaptureFixture) -> None:
     weak, strong = trained["weak"], trained["strong"]
     first = _version(registry_client, name, sources["loads"], weak)
-    one = _judge(registry_client, home, shared_store, first, weak)
+    with caplog.at_level(logging.INFO, logger="shipyard.registry.gate"):
+        one = _judge(registry_client, home, shared_store, first, weak)
+    assert f"gate for {name} version 1: promoted ({one.decision.reason})" in caplog.messages
     assert (one.decision.outcome, one.champion_version, one.decision.champion_before) == ("promoted", "1", None)
     assert one.decision.reason.startswith("first champion: val_accuracy ")
     assert _aliases(registry_client, name) == {"champion": "1"}
@@ -287,6 +340,9 @@ def test_the_first_version_is_champion_a_weaker_one_challenger_a_stronger_one_pr
     assert _moves(shared_store, name)[-2:] == [("previous", None, "3"), ("champion", "3", "2")]
     tags = _tags(registry_client, name, "2")
     assert (tags["shipyard.gate.decision"], tags["shipyard.gate.champion_version"]) == ("promoted", "3")
+    assert _purposes(shared_store, name) == [f"gate {name} v1", f"gate {name} v3", f"gate {name} v2"]
+    # the holdout rows were pulled into the dataset cache that training and `shipyard data pull` share
+    assert (home.home / "cache" / "datasets" / "versions" / "digits").is_dir()
 
 
 def test_the_gate_removes_challenger_from_the_version_it_promotes(
@@ -345,18 +401,63 @@ def test_approval_holds_rejects_or_promotes_a_winner_and_the_answer_is_recorded(
     assert waiting.decision.reason.endswith("on the holdout; waiting for approval")
     assert _aliases(registry_client, name) == {}
 
-    no = _judge(registry_client, home, shared_store, registered, weak, Approval(approved=False),
+    no = _judge(registry_client, home, shared_store, registered, weak, Approval(approved=False, comment="small"),
                 require_approval=True)
-    assert (no.decision.outcome, no.decision.reason) == ("rejected", "rejected by the approver: no comment")
+    assert (no.decision.outcome, no.decision.reason) == ("rejected", "rejected by the approver: small")
     assert _aliases(registry_client, name) == {"challenger": "1"}
-    assert _tags(registry_client, name, "1")["shipyard.gate.approval"] == "rejected"
+    tags = _tags(registry_client, name, "1")
+    assert (tags["shipyard.gate.approval"], tags["shipyard.gate.approval_comment"]) == ("rejected", "small")
+    silent = _judge(registry_client, home, shared_store, registered, weak, Approval(approved=False),
+                    require_approval=True)
+    assert silent.decision.reason == "rejected by the approver: no comment"
 
-    yes = _judge(registry_client, home, shared_store, registered, weak, Approval(approved=True, comment="ok"),
+    yes = _judge(registry_client, home, shared_store, registered, weak, Approval(approved=True),
                  require_approval=True)
-    assert yes.promoted and yes.decision.reason.endswith("on the holdout; approved: ok")
+    assert yes.promoted and yes.decision.reason.endswith("on the holdout; approved: no comment")
     assert _aliases(registry_client, name) == {"champion": "1"}
     assert _moves(shared_store, name)[-2:] == [("champion", None, "1"), ("challenger", "1", None)]
-    assert _tags(registry_client, name, "1")["shipyard.gate.approval_comment"] == "ok"
+    assert _tags(registry_client, name, "1")["shipyard.gate.approval"] == "approved"
+
+
+def test_a_first_champion_leaves_a_previous_alias_alone(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
+        trained: dict[str, TrainResult]) -> None:
+    _version(registry_client, name, sources["loads"])
+    _set(registry_client, name, previous="1")  # champion removed by hand, say
+    registered = _version(registry_client, name, sources["loads"], trained["weak"])
+    assert _judge(registry_client, home, shared_store, registered, trained["weak"]).promoted
+    assert _aliases(registry_client, name) == {"champion": "2", "previous": "1"}
+
+
+def test_the_gate_scores_on_the_holdout_recorded_on_the_model_or_the_one_asked_for(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
+        trained: dict[str, TrainResult]) -> None:
+    weak = trained["weak"]
+    recorded = Holdout(dataset=weak.dataset, seed=7, val_fraction=0.3)
+    registry_client.set_registered_model_tag(name, "shipyard.holdout", recorded.model_dump_json())
+    registered = _version(registry_client, name, sources["loads"], weak)
+    decision = _judge(registry_client, home, shared_store, registered, weak).decision
+    assert decision.scores is not None and decision.scores.holdout == recorded
+    missing = weak.dataset.model_copy(update={"version": "00000000deadbeef"})
+    with pytest.raises(ShipyardError, match="00000000deadbeef"):
+        _judge(registry_client, home, shared_store, _version(registry_client, name, sources["loads"], weak), weak,
+               holdout=missing)
+
+
+def test_mlflow_failing_while_the_gate_reads_the_champion_fails_with_the_uri_and_moves_nothing(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
+        trained: dict[str, TrainResult], registry_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _version(registry_client, name, sources["loads"], trained["weak"])
+    _set(registry_client, name, champion="1")
+    registered = _version(registry_client, name, sources["loads"], trained["strong"])
+
+    def outage(*args: object) -> None:
+        raise MlflowException("503 Service Unavailable")
+
+    monkeypatch.setattr(registry_client, "get_model_version", outage)
+    with pytest.raises(RegistryError, match=f"^MLflow at {registry_uri} \\({SETTING}\\) failed: 503"):
+        _judge(registry_client, home, shared_store, registered, trained["strong"])
+    assert _aliases(registry_client, name) == {"champion": "1"} and history(shared_store, name) == []
 
 
 def test_a_champion_without_its_training_in_the_store_fails_the_gate_by_name(
@@ -381,6 +482,7 @@ def test_promote_by_hand_makes_the_challenger_champion_and_keeps_the_old_one_as_
     _set(registry_client, name, champion="1", challenger="2")
     decision = promote(registry_client, home, shared_store, name, "2", "latency is better", CONTEXT, "cli: carol")
     assert (decision.outcome, decision.reason, decision.champion_before) == ("promoted", "latency is better", "1")
+    assert decision.metric == "val_accuracy"  # the model has no thresholds: the default metric
     assert decision.scores is not None and set(decision.scores.metrics) == {"2"}  # no margin: only its thresholds
     assert _aliases(registry_client, name) == {"champion": "2", "previous": "1"}
     moves = history(shared_store, name)
@@ -388,31 +490,61 @@ def test_promote_by_hand_makes_the_challenger_champion_and_keeps_the_old_one_as_
         ("previous", None, "1"), ("champion", "1", "2"), ("challenger", "2", None)]
     assert {(m.actor, m.reason) for m in moves} == {("cli: carol", "latency is better")}
     assert _tags(registry_client, name, "2")["shipyard.gate.decision"] == "promoted"
+    assert _purposes(shared_store, name) == [f"cli: carol: promote {name} v2"]
+
+    # a threshold the version meets exactly is met
+    exact = decision.scores.metrics["2"]["val_accuracy"]
+    registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", json.dumps({"val_accuracy": exact}))
+    _version(registry_client, name, sources["loads"], trained["weak"])
+    assert promote(registry_client, home, shared_store, name, "3", "same", CONTEXT, "cli").champion_before == "2"
 
 
 def test_promote_by_hand_with_no_champion_moves_champion_only(
         registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
         trained: dict[str, TrainResult]) -> None:
     _version(registry_client, name, sources["loads"], trained["weak"])
+    _version(registry_client, name, sources["loads"])
+    _set(registry_client, name, previous="2")  # champion removed by hand, say
     promote(registry_client, home, shared_store, name, "1", "first", CONTEXT, "cli")
-    assert _aliases(registry_client, name) == {"champion": "1"}
+    assert _aliases(registry_client, name) == {"champion": "1", "previous": "2"}
     assert _moves(shared_store, name) == [("champion", None, "1")]
 
 
-@pytest.mark.parametrize("source, says", [
-    ("loads", "{name} version 2 is below the thresholds: val_accuracy 0."),
-    ("broken", "{name} version 2 fails to load ("),
+@pytest.mark.parametrize("source, thresholds, says", [
+    ("loads", {"val_accuracy": 0.99}, "{name} version 2 is below the thresholds: val_accuracy 0.1"),
+    ("loads", {"val_loss": 0.0, "val_f1": 0.5}, "{name} version 2 is below the thresholds: val_f1 nan < minimum 0.5; "
+                                                "not promoted"),  # a metric the recipe does not report is not met
+    ("broken", {"val_accuracy": 0.0}, "{name} version 2 fails to load ("),
 ])
 def test_promote_by_hand_applies_the_models_thresholds_and_load_check(
         registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
-        trained: dict[str, TrainResult], source: str, says: str) -> None:
+        trained: dict[str, TrainResult], source: str, thresholds: dict[str, float], says: str) -> None:
     weak = trained["weak"]
     _version(registry_client, name, sources["loads"], weak)
     _set(registry_client, name, champion="1")
-    minimum = 0.99 if source == "loads" else 0.0
-    registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", f'{{"val_accuracy": {minimum}}}')
+    registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", json.dumps(thresholds))
     _version(registry_client, name, sources[source], weak)
     with pytest.raises(RegistryError) as failed:
         promote(registry_client, home, shared_store, name, "2", "by hand", CONTEXT, "cli")
     assert str(failed.value).startswith(says.format(name=name)) and str(failed.value).endswith("; not promoted")
     assert _aliases(registry_client, name) == {"champion": "1"} and history(shared_store, name) == []
+
+
+def test_mlflow_failing_during_a_promotion_by_hand_fails_with_the_uri_and_moves_nothing(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
+        trained: dict[str, TrainResult], registry_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _version(registry_client, name, sources["loads"], trained["weak"])
+    reads = 0
+    real = registry_client.get_model_version
+
+    def fails_after_the_check(*args: Any) -> Any:  # the input check passes, then MLflow goes away
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            raise MlflowException("503 Service Unavailable")
+        return real(*args)
+
+    monkeypatch.setattr(registry_client, "get_model_version", fails_after_the_check)
+    with pytest.raises(RegistryError, match=f"^MLflow at {registry_uri} \\({SETTING}\\) failed: 503"):
+        promote(registry_client, home, shared_store, name, "1", "by hand", CONTEXT, "cli")
+    assert _aliases(registry_client, name) == {} and history(shared_store, name) == []
