@@ -224,6 +224,25 @@ def test_a_failed_move_whose_restore_fails_too_says_which_alias_to_check(
     assert history(store, name) == []
 
 
+def test_a_failed_restore_names_the_version_the_alias_should_have_gone_back_to(
+        registry_client: MlflowClient, name: str, versions: list[str], store: Store,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(registry_client, name, champion="1", challenger="3")
+    calls = 0
+    real = registry_client.set_registered_model_alias
+
+    def first_only(*args: Any) -> None:  # challenger moves, then every write fails
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise MlflowException("the registry is read-only")
+        real(*args)
+
+    monkeypatch.setattr(registry_client, "set_registered_model_alias", first_only)
+    with pytest.raises(RegistryError, match=f"; and putting alias 'challenger' of {name} back to version 3 failed"):
+        move(registry_client, store, name, [("challenger", "2"), ("champion", "2")], "p", CONTEXT)
+
+
 def test_the_history_is_in_time_order_then_move_order_and_reads_only_its_own_entries(store: Store) -> None:
     t1 = datetime(2026, 1, 2, 3, 4, 5, 600_000, tzinfo=UTC)
 
@@ -492,11 +511,13 @@ def test_promote_by_hand_makes_the_challenger_champion_and_keeps_the_old_one_as_
     assert _tags(registry_client, name, "2")["shipyard.gate.decision"] == "promoted"
     assert _purposes(shared_store, name) == [f"cli: carol: promote {name} v2"]
 
-    # a threshold the version meets exactly is met
+    # a threshold the version meets exactly is met; a challenger on another version stays
     exact = decision.scores.metrics["2"]["val_accuracy"]
     registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", json.dumps({"val_accuracy": exact}))
     _version(registry_client, name, sources["loads"], trained["weak"])
+    _set(registry_client, name, challenger="1")
     assert promote(registry_client, home, shared_store, name, "3", "same", CONTEXT, "cli").champion_before == "2"
+    assert _aliases(registry_client, name) == {"champion": "3", "previous": "2", "challenger": "1"}
 
 
 def test_promote_by_hand_with_no_champion_moves_champion_only(
@@ -505,9 +526,33 @@ def test_promote_by_hand_with_no_champion_moves_champion_only(
     _version(registry_client, name, sources["loads"], trained["weak"])
     _version(registry_client, name, sources["loads"])
     _set(registry_client, name, previous="2")  # champion removed by hand, say
-    promote(registry_client, home, shared_store, name, "1", "first", CONTEXT, "cli")
+    recorded = Holdout(dataset=trained["weak"].dataset, seed=7, val_fraction=0.3)
+    registry_client.set_registered_model_tag(name, "shipyard.holdout", recorded.model_dump_json())
+    decision = promote(registry_client, home, shared_store, name, "1", "first", CONTEXT, "cli")
+    assert decision.scores is not None and decision.scores.holdout == recorded  # the model's frozen holdout
     assert _aliases(registry_client, name) == {"champion": "1", "previous": "2"}
     assert _moves(shared_store, name) == [("champion", None, "1")]
+
+
+def test_promote_by_hand_of_a_version_without_its_training_says_so(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store,
+        home: Settings) -> None:
+    _version(registry_client, name, sources["loads"])
+    with pytest.raises(RegistryError, match=f"^{name} version 1 has no training result in the store"):
+        promote(registry_client, home, shared_store, name, "1", "by hand", CONTEXT, "cli")
+    assert _aliases(registry_client, name) == {}
+
+
+def test_promote_refuses_under_the_lease_a_version_made_champion_while_it_waited(
+        registry_client: MlflowClient, name: str, versions: list[str], shared_store: Store, home: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def raced(client: MlflowClient, model_name: str, version: str) -> None:  # passes, then the gate promotes it
+        _set(client, model_name, champion=version)
+
+    monkeypatch.setattr("shipyard.registry.gate._check_promotable", raced)
+    with pytest.raises(RegistryError, match=f"^{name} version 2 is already champion$"):
+        promote(registry_client, home, shared_store, name, "2", "by hand", CONTEXT, "cli")
+    assert history(shared_store, name) == []
 
 
 @pytest.mark.parametrize("source, thresholds, says", [
