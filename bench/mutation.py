@@ -123,6 +123,8 @@ _SEP = ("another separator constant between a file's name and its digest (always
         "the same function of the files, and the key holds Shipyard's version, so no older hash is compared")
 _DASHES = ("'XX--XX' instead of '--' before '.': one more pathspec, which matches nothing outside '.', so git "
            "status reports the same files")
+_PROMOTE_PARAMS = ("promote builds RegisterParams only to carry the decision's metric: its model name, thresholds "
+                   "(applied from the model's tag directly) and margin (none by hand) are never read")
 _G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
@@ -173,6 +175,7 @@ EQUIVALENT: dict[str, str] = {
     "shipyard.training.codehash.x_recipe_code__mutmut_24": _LEN,
     **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
     "shipyard.training.trainer.x_training_key__mutmut_1": _SALT,
+    **{f"shipyard.registry.gate.x_promote__mutmut_{n}": _PROMOTE_PARAMS for n in (54, 55, 56, 58)},
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -513,10 +513,12 @@ def test_promote_by_hand_makes_the_challenger_champion_and_keeps_the_old_one_as_
 
     # a threshold the version meets exactly is met; a challenger on another version stays
     exact = decision.scores.metrics["2"]["val_accuracy"]
-    registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", json.dumps({"val_accuracy": exact}))
+    thresholds = {"val_loss": 0.0, "val_accuracy": exact}
+    registry_client.set_registered_model_tag(name, "shipyard.gate.min_metrics", json.dumps(thresholds))
     _version(registry_client, name, sources["loads"], trained["weak"])
     _set(registry_client, name, challenger="1")
-    assert promote(registry_client, home, shared_store, name, "3", "same", CONTEXT, "cli").champion_before == "2"
+    again = promote(registry_client, home, shared_store, name, "3", "same", CONTEXT, "cli")
+    assert (again.champion_before, again.metric) == ("2", "val_loss")  # the metric: the first threshold's
     assert _aliases(registry_client, name) == {"champion": "3", "previous": "2", "challenger": "1"}
 
 
