@@ -313,6 +313,13 @@ def test_the_load_check_of_a_version_missing_or_without_its_artifacts(
         load_failure(registry_client, name, "2")  # an error from MLflow is an error, not "does not load"
 
 
+def _assert_pulled_into_the_dataset_cache(settings: Settings) -> None:
+    """The holdout rows were pulled into the dataset cache that training and `shipyard data pull` share, only."""
+    assert sorted(p.name for p in settings.home.iterdir()) == ["cache", "store"]
+    assert [p.name for p in (settings.home / "cache").iterdir()] == ["datasets"]
+    assert (settings.home / "cache" / "datasets" / "versions" / "digits").is_dir()
+
+
 # --- the gate: judge and _decide -----------------------------------------------------------------------------
 
 
@@ -360,8 +367,7 @@ def test_the_first_version_is_champion_a_weaker_one_challenger_a_stronger_one_pr
     tags = _tags(registry_client, name, "2")
     assert (tags["shipyard.gate.decision"], tags["shipyard.gate.champion_version"]) == ("promoted", "3")
     assert _purposes(shared_store, name) == [f"gate {name} v1", f"gate {name} v3", f"gate {name} v2"]
-    # the holdout rows were pulled into the dataset cache that training and `shipyard data pull` share
-    assert (home.home / "cache" / "datasets" / "versions" / "digits").is_dir()
+    _assert_pulled_into_the_dataset_cache(home)
 
 
 def test_the_gate_removes_challenger_from_the_version_it_promotes(
@@ -510,6 +516,7 @@ def test_promote_by_hand_makes_the_challenger_champion_and_keeps_the_old_one_as_
     assert {(m.actor, m.reason) for m in moves} == {("cli: carol", "latency is better")}
     assert _tags(registry_client, name, "2")["shipyard.gate.decision"] == "promoted"
     assert _purposes(shared_store, name) == [f"cli: carol: promote {name} v2"]
+    _assert_pulled_into_the_dataset_cache(home)
 
     # a threshold the version meets exactly is met; a challenger on another version stays
     exact = decision.scores.metrics["2"]["val_accuracy"]
