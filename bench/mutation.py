@@ -176,6 +176,8 @@ EQUIVALENT: dict[str, str] = {
     **{f"shipyard.training.trainer.x_{f}__mutmut_{n}": _LEN for f, n in (("inputs_key", 11), ("training_key", 12))},
     "shipyard.training.trainer.x_training_key__mutmut_1": _SALT,
     **{f"shipyard.registry.gate.x_promote__mutmut_{n}": _PROMOTE_PARAMS for n in (54, 55, 56, 58)},
+    "shipyard.registry.gate.x_promote__mutmut_97": "float('NAN') is float('nan'): the parser ignores case",
+    "shipyard.registry.gate.x_promote__mutmut_104": "float('-INF') is float('-inf'): the parser ignores case",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
