@@ -45,12 +45,14 @@ AREAS: dict[str, Area] = {
         mutants=("shipyard.registry.gate.x_verdict__*",),
         tests=("tests/unit/test_promotion.py",),
     ),
-    # Needs a real MLflow server per mutant (minutes each on two cores): run where there is time.
+    # The gate's alias moves and decisions against a real SQLite registry in the test process (seconds); the same
+    # against a real MLflow server is tests/integration/test_registry_gate.py.
     "promotion-registry": Area(
         files=("shipyard/registry/gate.py", "shipyard/registry/aliases.py"),
-        mutants=("shipyard.registry.gate.x__decide__*", "shipyard.registry.aliases.x_move__*",
-                 "shipyard.registry.aliases.x__restore__*", "shipyard.registry.aliases.x__set__*"),
-        tests=("tests/integration/test_registry_gate.py",),
+        mutants=tuple(f"shipyard.registry.gate.x_{f}__*" for f in ("judge", "_decide", "already_champion",
+                                                                   "promote", "_check_promotable", "load_failure"))
+        + tuple(f"shipyard.registry.aliases.x_{f}__*" for f in ("move", "_set", "_restore", "record", "history")),
+        tests=("tests/unit/test_promotion_registry.py",),
     ),
     # The champion/live-version decisions alone, against a real SQLite registry and an in-memory target (seconds).
     "rollout-champion": Area(
@@ -132,6 +134,8 @@ _SEP = ("another separator constant between a file's name and its digest (always
         "the same function of the files, and the key holds Shipyard's version, so no older hash is compared")
 _DASHES = ("'XX--XX' instead of '--' before '.': one more pathspec, which matches nothing outside '.', so git "
            "status reports the same files")
+_PROMOTE_PARAMS = ("promote builds RegisterParams only to carry the decision's metric: its model name, thresholds "
+                   "(applied from the model's tag directly) and margin (none by hand) are never read")
 _G = "shipyard.training.codehash.x__git__mutmut_"
 _H = "shipyard.datasets.hashing.xǁHashCacheǁ"
 _T = "shipyard.training.trainer.x_plan_training__mutmut_"
@@ -199,6 +203,9 @@ EQUIVALENT: dict[str, str] = {
        "'POST'/'DELETE': httpx upper-cases the method" for n in (79, 93)},
     "shipyard.rollout.local.xǁLocalTargetǁroll_out__mutmut_87": "check=None is falsy like check=False: _admin takes "
                                                                  "the same branches",
+    **{f"shipyard.registry.gate.x_promote__mutmut_{n}": _PROMOTE_PARAMS for n in (54, 55, 56, 58)},
+    "shipyard.registry.gate.x_promote__mutmut_97": "float('NAN') is float('nan'): the parser ignores case",
+    "shipyard.registry.gate.x_promote__mutmut_104": "float('-INF') is float('-inf'): the parser ignores case",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
