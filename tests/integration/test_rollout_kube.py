@@ -69,6 +69,14 @@ class Cluster:
     def deployment(self) -> dict[str, Any] | None:
         return self.fake.get("deployments", NS, NAME)
 
+    def failed_rollout(self) -> str:
+        """Serve V1, then roll V2 out, which must fail; return the failure's message."""
+        target = self.target()
+        target.roll_out(V1, EXAMPLE)
+        with pytest.raises(KubeError) as caught:
+            target.roll_out(V2, EXAMPLE)
+        return str(caught.value)
+
     def pinned(self) -> str:
         deployment = self.deployment()
         assert deployment is not None
@@ -295,11 +303,7 @@ LONG = "trace " * 100  # an answer longer than what a message quotes (300 charac
 def test_a_smoke_test_answer_other_than_one_prediction_per_row_rolls_back_quoting_it(
         cluster: Cluster, answer: tuple[int, dict[str, Any]], says: str) -> None:
     cluster.fake.backend = version_answers({"2": answer})
-    target = cluster.target()
-    target.roll_out(V1, EXAMPLE)
-    with pytest.raises(KubeError) as caught:
-        target.roll_out(V2, EXAMPLE)
-    message = str(caught.value)
+    message = cluster.failed_rollout()
     assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} ")
     assert says in message and message.endswith("; rolled back to models:/digits/1")
     assert cluster.pinned() == "1"
@@ -314,11 +318,7 @@ def test_a_smoke_test_whose_connection_drops_rolls_back(cluster: Cluster) -> Non
         return answers(pod, method, path, body)
 
     cluster.fake.backend = drops_version_2
-    target = cluster.target()
-    target.roll_out(V1, EXAMPLE)
-    with pytest.raises(KubeError) as caught:
-        target.roll_out(V2, EXAMPLE)
-    message = str(caught.value)
+    message = cluster.failed_rollout()
     assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} failed: ")
     assert message.endswith("; rolled back to models:/digits/1") and cluster.pinned() == "1"
 
@@ -464,11 +464,7 @@ def test_a_rollback_the_api_server_drops_says_what_serves(cluster: Cluster, monk
         return 500, {"message": "version 2 is broken"}
 
     cluster.fake.backend = fails_then_the_api_server_goes_away
-    target = cluster.target()
-    target.roll_out(V1, EXAMPLE)
-    with pytest.raises(KubeError) as caught:
-        target.roll_out(V2, EXAMPLE)
-    message = str(caught.value)
+    message = cluster.failed_rollout()
     assert message.startswith(f"{failed(V2)}smoke test through service {WHERE} got HTTP 500: ")
     assert (f"; rolling back to models:/digits/1 failed too: Kubernetes API unreachable while trying to apply the "
             f"last good spec of deployment {WHERE}: ") in message
