@@ -8,6 +8,20 @@ from pathlib import Path
 
 import pytest
 
+# The servers integration and reliability tests share, registered here once (see tests/stack.py for why once).
+from tests.stack import (  # noqa: F401
+    inference_port,
+    mlflow_server,
+    mlflow_uri,
+    model_name,
+    prefect_api,
+    pytest_generate_tests,
+    s3,
+    s3_backend,
+    s3_endpoint,
+    seaweedfs_endpoint,
+)
+
 # Servers the tests start inherit these: no telemetry calls (there is no internet here anyway), and no
 # telemetry writes racing the Prefect test server's SQLite database at start-up ("database is locked").
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -21,7 +21,7 @@ from prefect.exceptions import ObjectNotFound
 from deployments.apply import deploy_local
 from shipyard.datasets.demo import write_demo_source
 from shipyard.settings import load_settings
-from tests.integration.conftest import S3
+from tests.stack import S3
 
 SHIPYARD = str(Path(sys.executable).with_name("shipyard"))
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -17,7 +17,7 @@ from shipyard.params import DatasetParams, RegisterParams, RolloutParams, TrainP
 from shipyard.pipeline import up_to_date
 from shipyard.rollout.local import LocalTarget
 from shipyard.settings import load_settings
-from tests.integration.conftest import S3
+from tests.stack import S3
 
 
 def _state(s3: S3, keys: list[str]) -> dict[str, tuple[str, str]]:

@@ -26,7 +26,7 @@ from shipyard.storage import filesystem
 from shipyard.training import TrainResult, train
 from tasks.register import await_approval, register_model
 from tests.faultproxy import FaultProxy
-from tests.integration.conftest import MLFLOW_BUCKET, S3, s3_client
+from tests.stack import MLFLOW_BUCKET, S3, s3_client
 
 CONTEXT = registry.RunContext(flow_run_id="0f0e0d0c-run", flow_run_url="http://127.0.0.1:4200/runs/flow-run/0f0e")
 WEAK = {"epochs": 1, "hidden_units": 8}

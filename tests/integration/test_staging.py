@@ -21,7 +21,7 @@ from shipyard.errors import DatasetError, StoreError
 from shipyard.settings import load_settings
 from shipyard.storage import AlreadyExists, Store, filesystem
 from tests.faultproxy import FaultProxy, Rule
-from tests.integration.conftest import S3
+from tests.stack import S3
 
 MiB = 2**20
 # Small parts so a 12 MiB file is a three-part multipart upload (5 MiB is the S3 minimum part size).

@@ -33,7 +33,7 @@ from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 from shipyard.training import TrainResult
 from tests import fakekube, servers
-from tests.integration.conftest import S3
+from tests.stack import S3
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE = "train-flow/nobody-serves-this"

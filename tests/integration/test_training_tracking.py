@@ -24,7 +24,7 @@ from shipyard.registry import Registration
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 from tasks.register import register_model
-from tests.integration.conftest import S3
+from tests.stack import S3
 
 
 @flow

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from shipyard.cli import main
 from tests import servers
-from tests.integration.conftest import AWS_ENV, MLFLOW_BUCKET, STORE_BUCKET, _reset_buckets, s3_client
+from tests.stack import AWS_ENV, MLFLOW_BUCKET, STORE_BUCKET, _reset_buckets, s3_client
 
 MODEL = "bad-input-model"
 DATASET = "digits"

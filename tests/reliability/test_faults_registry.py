@@ -1,6 +1,6 @@
 """Guarantee 1, registry half: MLflow killed while registering, and MLflow's artifacts on a faulty S3.
 
-A real MLflow server process on SQLite, its artifacts in the S3 server (as in tests/integration/conftest.py),
+A real MLflow server process on SQLite, its artifacts in the S3 server (as in tests/stack.py),
 but one of the test's own: it can be SIGKILLed and started again on the same port and database, and its
 S3 traffic can go through the fault proxy (tests/faultproxy.py). Artifacts are proxied by the server
 (``mlflow-artifacts:``), so the server's S3 client meets the faults on upload and on every model load.
@@ -38,7 +38,7 @@ from shipyard.training import TrainResult, load_model, load_recipe, train
 from tasks.register import register_model
 from tests import servers
 from tests.faultproxy import FAULTS, Event, FaultProxy
-from tests.integration.conftest import AWS_ENV, MLFLOW_BUCKET, S3
+from tests.stack import AWS_ENV, MLFLOW_BUCKET, S3
 
 
 @dataclass

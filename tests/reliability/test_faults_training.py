@@ -27,7 +27,7 @@ from shipyard.training import TrainResult, cached_result, train, training_key
 from shipyard.training.checkpoint import latest
 from shipyard.training.trainer import checkpoint_prefix
 from tests.faultproxy import FaultProxy
-from tests.integration.conftest import S3
+from tests.stack import S3
 from tests.training_recipes import Curriculum, Evicted, evicting
 
 # Evicted by SIGTERM in step 30 and resumed; a checkpoint after every step, so the faults meet many writes.

@@ -33,7 +33,7 @@ from mlflow import MlflowClient
 
 from shipyard.errors import ConfigError
 from tests import servers
-from tests.integration.conftest import MLFLOW_BUCKET, STORE_BUCKET, _reset_buckets, s3_client
+from tests.stack import MLFLOW_BUCKET, STORE_BUCKET, _reset_buckets, s3_client
 
 MODEL = "secrets-model"
 SECRETS = {

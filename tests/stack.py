@@ -1,4 +1,9 @@
-"""Real servers for integration tests: an S3-compatible server, an MLflow tracking server, Prefect.
+"""The real servers integration and reliability tests share: an S3-compatible server, MLflow, Prefect.
+
+Registered once, by ``tests/conftest.py``, so that each session fixture has one definition and each server
+starts once per session (per pytest-xdist worker). A second registration (a conftest importing these) would be a
+second fixture of the same name: a second Prefect test server, whose settings then replace the first's in the
+process while tests still hand the first one's URL to the CLI.
 
 Session fixtures start each server once; the ``s3`` fixture resets the S3 server between tests and
 points Shipyard's settings at it. The S3 server is moto unless the test module is listed in
@@ -11,7 +16,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -161,6 +165,3 @@ def unique_name(request: pytest.FixtureRequest, prefix: str = "m") -> str:
 def model_name(request: pytest.FixtureRequest) -> str:
     """A registered-model name no other test uses (the MLflow server lives for the session)."""
     return unique_name(request)
-
-
-__all__ = ["S3", "Path"]
