@@ -32,6 +32,21 @@ os.environ["DO_NOT_TRACK"] = "true"
 _LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "PREFECT_SERVER_EPHEMERAL", "KUBECONFIG")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On pytest-xdist workers, put the directories of long tests first (the order within each is kept).
+
+    Workers take whole files in collection order as they come free (scripts/test turns off xdist's own reorder,
+    which puts the files with the most tests first: the many quick unit files, then the long one-test drills
+    last, one of which alone then made the run's tail). Long files first lets the quick ones fill the end.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: next((rank for rank, prefix in enumerate(_LONG_FIRST)
+                                          if item.nodeid.startswith(prefix)), len(_LONG_FIRST)))
+
+
+_LONG_FIRST = ("tests/reliability/", "tests/integration/")
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run each test in its own directory with a clean environment and a throwaway HOME."""
