@@ -12,13 +12,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry, rollout
 from shipyard.params import RolloutParams
 from shipyard.registry.aliases import CHAMPION, alias_lease
 from shipyard.rollout.base import ModelRef, RolloutResult
-from shipyard.rollout.champion import champion_version, restore_champion, serve_champion, set_champion
+from shipyard.rollout.champion import champion_version, choose_champion, restore_champion, serve_champion
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
 
@@ -37,15 +38,22 @@ def hold_champion(model_name: str) -> str | None:
 @hold_champion.on_rollback
 def _put_champion_back(transaction: Transaction) -> None:
     settings, name = load_settings(), transaction.get("model_name")
-    with alias_lease(filesystem(settings), name, purpose=f"restore the {CHAMPION} of {name}"):
+    store = filesystem(settings)
+    with alias_lease(store, name, purpose=f"restore the {CHAMPION} of {name}"):
         restore_champion(registry.client(settings), name, transaction.get("champion"),
-                         moved_to=transaction.get("serving", None))
+                         moved_to=transaction.get("serving", None), history=(store, _context()))
 
 
 @task(cache_policy=NO_CACHE)
 def promote_version(model: ModelRef) -> None:
-    """Make ``model`` the champion (the rollout that follows serves it)."""
-    set_champion(registry.client(load_settings()), model)
+    """Make ``model`` the champion (the rollout that follows serves it), under the alias lease, in its history."""
+    settings = load_settings()
+    choose_champion(registry.client(settings), filesystem(settings), model,
+                    f"rolled out by hand: version {model.version}", _context(), actor="rollout")
+
+
+def _context() -> registry.RunContext:
+    return registry.RunContext(flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url())
 
 
 @task(cache_policy=NO_CACHE)

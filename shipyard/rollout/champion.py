@@ -6,11 +6,13 @@ Only plain ``MlflowClient`` calls, so they work with any client the caller built
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from shipyard.errors import RegistryError, ServingError
 from shipyard.lease import lease
-from shipyard.registry.aliases import CHAMPION
+from shipyard.registry.aliases import CHAMPION, AliasMove, alias_lease, move, record
+from shipyard.registry.lineage import RunContext
 from shipyard.rollout.base import ModelRef, RolloutResult, RolloutTarget
 from shipyard.storage import Store
 
@@ -76,12 +78,31 @@ def set_champion(client: Any, model: ModelRef) -> None:
     log.info("%s of %s is now version %s", CHAMPION, model.model_name, model.version)
 
 
-def restore_champion(client: Any, model_name: str, version: str | None, moved_to: str | None = None) -> None:
+def choose_champion(client: Any, store: Store, model: ModelRef, reason: str, context: RunContext,
+                    actor: str) -> None:
+    """Make ``model`` the champion by hand (``shipyard rollout to``/``undo``), as the gate moves it.
+
+    Under the model's alias lease, so no gate, promotion or rollback moves the alias at the same time, and
+    recorded in the model's alias history (``shipyard models history``).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:  # a version that does not exist fails before the lease writes anything
+        client.get_model_version(model.model_name, model.version)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot make {model.uri} the {CHAMPION}: {exc.message}") from exc
+    with alias_lease(store, model.model_name, purpose=f"{actor}: {reason}"):
+        move(client, store, model.model_name, [(CHAMPION, model.version)], reason, context, actor=actor)
+
+
+def restore_champion(client: Any, model_name: str, version: str | None, moved_to: str | None = None,
+                     history: tuple[Store, RunContext] | None = None) -> None:
     """Put ``champion`` back on ``version`` (None: remove it), if it moved.
 
     With ``moved_to``, the version this pipeline made champion or set out to serve, only while ``champion``
     still points there: a champion another pipeline made since is that pipeline's to serve or restore, so a
-    failed rollout never undoes a later promotion. Callers hold the model's alias lease.
+    failed rollout never undoes a later promotion. With ``history``, a restore is recorded in the model's
+    alias history (by ``rollback``). Callers hold the model's alias lease.
     """
     from mlflow.exceptions import MlflowException
 
@@ -100,3 +121,9 @@ def restore_champion(client: Any, model_name: str, version: str | None, moved_to
     except MlflowException as exc:
         raise RegistryError(f"cannot restore the {CHAMPION} alias of {model_name}: {exc.message}") from exc
     log.warning("%s of %s restored to version %s", CHAMPION, model_name, version or "none")
+    if history is not None:
+        store, context = history
+        record(store, AliasMove(at=datetime.now(UTC), model_name=model_name, alias=CHAMPION, version=version,
+                                replaced=current, reason=f"a failed rollout of version {current} rolled back",
+                                flow_run_id=context.flow_run_id, flow_run_url=context.flow_run_url,
+                                actor="rollback"))

@@ -24,9 +24,11 @@ from mlflow import MlflowClient
 from flows.rollout import rollout_flow
 from shipyard import processes
 from shipyard.errors import ServingError
+from shipyard.registry.aliases import history
 from shipyard.rollout.base import ModelRef
 from shipyard.rollout.local import LocalTarget, serving_token
 from shipyard.settings import load_settings
+from shipyard.storage import filesystem
 from tests import servers
 from tests.serving_models import EXAMPLE, register_broken, register_torch
 
@@ -170,6 +172,9 @@ def test_a_broken_version_is_rolled_back_with_the_champion_and_no_failed_request
     assert load.failed == [] and load.versions == [good]
     assert httpx.get(f"{target.url}/version").json()["model_version"] == good
     assert _champion(mlflow_uri, model_name) == good  # the alias went back with the live version
+    # Each move of the alias is in the model's history (`shipyard models history`), the rollback's too.
+    moves = [(m.replaced, m.version, m.actor) for m in history(filesystem(load_settings()), model_name)]
+    assert moves == [(None, good, "rollout"), (good, broken, "rollout"), (broken, good, "rollback")]
 
 
 def test_http_contract_sizes_timeouts_bad_input_metrics_and_token(

@@ -17,10 +17,13 @@ import pytest
 from mlflow import MlflowClient
 
 from shipyard.errors import RegistryError
+from shipyard.registry.aliases import alias_lease, history
+from shipyard.registry.lineage import RunContext
 from shipyard.rollout.base import Live, ModelRef, RolloutResult
 from shipyard.rollout.champion import (
     already_serving,
     champion_version,
+    choose_champion,
     restore_champion,
     serve_champion,
     set_champion,
@@ -269,3 +272,51 @@ def test_a_failed_rollout_puts_back_only_the_champion_it_moved_never_a_later_pro
     set_champion(client, ModelRef(model_name=name, version="2"))
     restore_champion(client, name, "1", moved_to="2")
     assert champion_version(client, name) == "1"
+
+
+def _moves(store: Store, name: str) -> list[tuple[str | None, str | None, str, str, str | None]]:
+    return [(m.replaced, m.version, m.actor, m.reason, m.flow_run_id) for m in history(store, name)]
+
+
+def test_a_champion_chosen_by_hand_waits_for_the_alias_lease_and_is_recorded(
+    name: str, client: MlflowClient, store: Store
+) -> None:
+    # `shipyard rollout to` moves the alias as the gate does: never while a gate or a rollback holds the lease.
+    context = RunContext(flow_run_id="run-7", flow_run_url="http://ui/run-7")
+    chosen = threading.Thread(target=choose_champion, args=(client, store, ModelRef(model_name=name, version="2"),
+                                                            "rolled out by hand: version 2", context, "rollout"))
+    with alias_lease(store, name, purpose="a gate"):
+        chosen.start()
+        time.sleep(1.0)
+        assert champion_version(client, name) is None  # still waiting for the lease
+    chosen.join(timeout=30)
+    assert champion_version(client, name) == "2"
+    assert _moves(store, name) == [(None, "2", "rollout", "rolled out by hand: version 2", "run-7")]
+    leases = store.list("registry", name, "aliases")
+    assert json.loads(store.read_bytes("registry", name, "aliases", "2.lease"))["purpose"] == (
+        "rollout: rolled out by hand: version 2"), leases
+
+    choose_champion(client, store, ModelRef(model_name=name, version="2"), "again", context, "rollout")
+    assert len(_moves(store, name)) == 1  # already champion: nothing moved, nothing recorded
+
+
+def test_a_champion_chosen_by_hand_that_does_not_exist_writes_nothing(
+    name: str, client: MlflowClient, store: Store
+) -> None:
+    with pytest.raises(RegistryError, match=rf"^cannot make models:/{name}/9 the champion: "):
+        choose_champion(client, store, ModelRef(model_name=name, version="9"), "by hand", RunContext(), "rollout")
+    assert champion_version(client, name) is None
+    assert store.list("registry", name, "aliases") == [] and history(store, name) == []
+
+
+def test_a_restore_with_a_history_is_recorded_as_a_rollback_and_one_left_alone_is_not(
+    name: str, client: MlflowClient, store: Store
+) -> None:
+    set_champion(client, ModelRef(model_name=name, version="2"))
+    context = RunContext(flow_run_id="run-8")
+    restore_champion(client, name, "2", moved_to="2", history=(store, context))  # not moved: nothing to record
+    restore_champion(client, name, "1", moved_to="3", history=(store, context))  # another pipeline's: left
+    assert history(store, name) == []
+    restore_champion(client, name, "1", moved_to="2", history=(store, context))
+    assert champion_version(client, name) == "1"
+    assert _moves(store, name) == [("2", "1", "rollback", "a failed rollout of version 2 rolled back", "run-8")]
