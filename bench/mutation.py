@@ -9,6 +9,7 @@ that area. Slow (minutes to an hour per area on two cores), so it is not part of
     .venv/bin/python -m bench.mutation cache-keys       # one area; results are cached in the scratch copy
     .venv/bin/python -m bench.mutation --report         # print the table again from the cached results
     .venv/bin/python -m bench.mutation cache-keys --rerun-survivors   # only last run's survivors, after new tests
+    .venv/bin/python -m bench.mutation cache-keys --resume            # only the mutants a stopped run left unchecked
 
 Equivalent mutants (a change no user can observe) are listed in ``EQUIVALENT`` with the reason, and are
 counted apart from the survivors.
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-timeouts", action="store_true",
                         help="run again only last time's timeouts (with a larger --timeout-multiplier: on a loaded "
                              "machine a slow run of a surviving mutant reads as a timeout, which counts as a kill)")
+    parser.add_argument("--resume", action="store_true",
+                        help="run only the mutants without a result yet (a stopped run): given the area's patterns, "
+                             "mutmut runs every mutant again, checked or not")
     parser.add_argument("--timeout-multiplier", type=int, default=3,
                         help="a mutant's time limit in multiples of its tests' measured time")
     args = parser.parse_args(argv)
@@ -316,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         for area in areas:
             by = results(area, AREAS[area], args.scratch)
             rerun = (by.get("survived", []) if args.rerun_survivors else []) + (
-                by.get("timeout", []) if args.rerun_timeouts else [])
-            if (args.rerun_survivors or args.rerun_timeouts) and not rerun:
+                by.get("timeout", []) if args.rerun_timeouts else []) + (
+                by.get("not checked", []) if args.resume else [])
+            if (args.rerun_survivors or args.rerun_timeouts or args.resume) and not rerun:
                 continue
             run(area, AREAS[area], args.scratch, args.children, rerun or None, args.timeout_multiplier)
     print(table(areas, args.scratch))
