@@ -207,6 +207,14 @@ EQUIVALENT: dict[str, str] = {
     **{f"shipyard.registry.gate.x_promote__mutmut_{n}": _PROMOTE_PARAMS for n in (54, 55, 56, 58)},
     "shipyard.registry.gate.x_promote__mutmut_97": "float('NAN') is float('nan'): the parser ignores case",
     "shipyard.registry.gate.x_promote__mutmut_104": "float('-INF') is float('-inf'): the parser ignores case",
+    "shipyard.registry.aliases.x_record__mutmut_1": "a default order of 1 for 0: a lone entry has no other entry "
+                                                     "of its move to sort against",
+    "shipyard.registry.aliases.x_record__mutmut_4": "'XX' around the time in every name: the names still sort by time",
+    "shipyard.registry.aliases.x_record__mutmut_5": "'%y%m%dt%h%m%s%fz': two-digit year, month and day still lead, "
+                                                     "then epoch seconds and microseconds: the same order until 2100",
+    "shipyard.registry.aliases.x_record__mutmut_7": "9 random hex digits in the name instead of 8",
+    "shipyard.registry.gate.x__decide__mutmut_59": "scores.metrics.get('XXXX') for get('') without a champion: "
+                                                   "neither is a version, both give None",
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

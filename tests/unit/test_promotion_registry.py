@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +43,7 @@ from shipyard.registry import (
 )
 from shipyard.registry.aliases import move, record
 from shipyard.settings import Settings
-from shipyard.storage import Store, filesystem
+from shipyard.storage import AlreadyExists, Store, filesystem
 from shipyard.training import TrainResult, train
 
 CONTEXT = RunContext(flow_run_id="0f0e-run", flow_run_url="http://127.0.0.1:4200/runs/flow-run/0f0e")
@@ -260,6 +261,19 @@ def test_the_history_is_in_time_order_then_move_order_and_reads_only_its_own_ent
     assert history(store, "other")[0].model_name == "other" and history(store, "nobody") == []
 
 
+def test_the_history_is_never_rewritten_an_entry_under_a_taken_name_is_refused(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Names carry the time to the microsecond and 8 random hex digits; should two moves still meet, the second
+    # must fail rather than replace the first one's record.
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=7))  # the names draw their random part from it
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    first = AliasMove(at=at, model_name="m", alias="champion", version="2", replaced=None, reason="first")
+    record(store, first)
+    with pytest.raises(AlreadyExists):
+        record(store, first.model_copy(update={"reason": "second"}))
+    assert [m.reason for m in history(store, "m")] == ["first"]
+
+
 # --- already champion, promote's input checks ---------------------------------------------------------------
 
 
@@ -387,6 +401,24 @@ def test_a_rerun_on_the_champion_is_kept_and_judges_nothing(
     _set(registry_client, name, champion="1")
     kept = _judge(registry_client, home, shared_store, registered, trained["weak"])
     assert (kept.decision.outcome, kept.champion_version) == ("kept", "1")
+    assert history(shared_store, name) == [] and "shipyard.gate.decision" not in _tags(registry_client, name, "1")
+
+
+def test_a_version_made_champion_while_the_gate_waited_for_the_lease_is_kept_and_judged_no_further(
+        registry_client: MlflowClient, name: str, sources: dict[str, str], shared_store: Store, home: Settings,
+        trained: dict[str, TrainResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two pipelines registered the same training (one version); the other one's gate promoted it between this
+    # gate's rerun check and its turn at the alias lease.
+    def raced(client: MlflowClient, registered: Registered, metric: str) -> None:
+        _set(client, registered.model_name, champion=registered.version)
+
+    monkeypatch.setattr("shipyard.registry.gate.already_champion", raced)
+    registered = _version(registry_client, name, sources["loads"])  # no training: judging it would fail
+    kept = _judge(registry_client, home, shared_store, registered, trained["weak"], metric="val_f1")
+    assert kept.decision.model_dump() == {"outcome": "kept", "reason": "version 1 is already champion",
+                                          "metric": "val_f1", "champion_before": "1", "scores": None,
+                                          "approval": None}
+    assert (kept.version, kept.champion_version, kept.model_name) == ("1", "1", name)
     assert history(shared_store, name) == [] and "shipyard.gate.decision" not in _tags(registry_client, name, "1")
 
 
