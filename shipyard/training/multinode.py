@@ -105,10 +105,15 @@ def _attempt(cluster: Cluster, plan: indexed.JobPlan, watch: SchedulingWatch,
              on_line: Callable[[str], None]) -> Ended:
     """Run one attempt to its end; delete its Job unless it completed (and whenever interrupted)."""
     grace = plan.pods.termination_grace_period_seconds + 30
-    indexed.create(cluster.client, plan)
-    on_line(f"started job {plan.namespace}/{plan.name}: {plan.nodes} pods x {plan.procs_per_node} processes, "
-            f"rendezvous at {plan.node_args().rdzv_endpoint}")
     try:
+        indexed.create(cluster.client, plan)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # interrupted while creating (Ctrl-C, a cancellation): the Job may exist
+            _stop(cluster, plan)
+        raise  # an error: create removed what it had made
+    try:
+        on_line(f"started job {plan.namespace}/{plan.name}: {plan.nodes} pods x {plan.procs_per_node} processes, "
+                f"rendezvous at {plan.node_args().rdzv_endpoint}")
         while True:
             ended = _look(cluster, plan)
             if ended is not None:
@@ -116,13 +121,17 @@ def _attempt(cluster: Cluster, plan: indexed.JobPlan, watch: SchedulingWatch,
             watch.check()  # raises KubeError with the scheduler's reason (and deletes the Job)
             time.sleep(cluster.poll_seconds)
     except BaseException:
-        log.warning("stopping: deleting job %s/%s with its pods and service", plan.namespace, plan.name)
-        indexed.delete(cluster.client, plan.namespace, plan.name, 0)
+        _stop(cluster, plan)
         raise
     if not ended.completed:
         # Wait for the pods to go: a terminating rank 0 must not write a checkpoint the next attempt skips.
         indexed.delete(cluster.client, plan.namespace, plan.name, grace)
     return ended
+
+
+def _stop(cluster: Cluster, plan: indexed.JobPlan) -> None:
+    log.warning("stopping: deleting job %s/%s with its pods and service", plan.namespace, plan.name)
+    indexed.delete(cluster.client, plan.namespace, plan.name, 0)
 
 
 def _look(cluster: Cluster, plan: indexed.JobPlan) -> Ended | None:
