@@ -232,30 +232,56 @@ def find(home: Path, name: str) -> Service | None:
         return _live(home, name)
 
 
-def terminate(pid: int, grace: float = 10, started: float | None = None) -> None:
-    """Stop a process group: SIGTERM, then SIGKILL after ``grace`` seconds.
+def terminate(pid: int, grace: float = 10, started: float | None = None, again_after: float | None = None) -> None:
+    """Stop a process group: SIGTERM, then SIGKILL to whatever of it still runs after ``grace`` seconds.
 
-    With ``started``, the SIGKILL is only sent while ``pid`` is still the process that started then.
+    With ``started``, the SIGKILL is only sent while ``pid`` is still the process that started then (or, once it
+    has exited, while its group still has members: Linux never hands out a process group's id while it does).
+    With ``again_after``, a leader still running after that many seconds gets a second SIGTERM, which some
+    programs take as "stop now" (Prefect's worker, which ignores the first one while it is idle).
     """
     try:
         os.killpg(pid, signal.SIGTERM)
     except OSError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and alive(pid):
+    now = time.monotonic()
+    deadline, again = now + grace, None if again_after is None else now + again_after
+    while time.monotonic() < deadline and _group_alive(pid):
+        if again is not None and time.monotonic() >= again:
+            again = None
+            if alive(pid) and _same_process(pid, started):
+                os.kill(pid, signal.SIGTERM)
         time.sleep(0.1)
-    now = start_time(pid)
-    if alive(pid) and (started is None or (now is not None and abs(now - started) <= START_TOLERANCE)):
+    if _group_alive(pid) and (not alive(pid) or _same_process(pid, started)):
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
 
 
-def stop(home: Path, name: str) -> Service | None:
+def _group_alive(pgid: int) -> bool:
+    """Tell whether any process of the group ``pgid`` still runs (reaping its leader if it is our exited child)."""
+    alive(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _same_process(pid: int, started: float | None) -> bool:
+    """Tell whether ``pid`` is still the process that started at ``started`` (True when that is unknown)."""
+    now = start_time(pid)
+    return started is None or (now is not None and abs(now - started) <= START_TOLERANCE)
+
+
+def stop(home: Path, name: str, again_after: float | None = None) -> Service | None:
     """Stop a recorded service and forget it; return it if it was running.
 
     A stale record (its pid now another process's, or from before a reboot) is removed without a signal.
+    ``again_after``: see :func:`terminate`.
     """
     if not _record(home, name).exists():
         return None
@@ -263,7 +289,7 @@ def stop(home: Path, name: str) -> Service | None:
         service = _live(home, name)
         if service is None:
             return None
-        terminate(service.pid, started=service.started)
+        terminate(service.pid, started=service.started, again_after=again_after)
         _record(home, name).unlink(missing_ok=True)
         return service
 

@@ -79,6 +79,63 @@ def test_down_stops_the_service_it_started(home: Path) -> None:
     assert not (home / "run" / "worker.json").exists()
 
 
+# Stands for Prefect 3.9's process worker: ignores the first SIGTERM (it keeps running while idle), stops on the
+# second. Says in its file what happened to it.
+_STUBBORN = textwrap.dedent("""
+    import pathlib, signal, sys, time
+    out, seen = pathlib.Path(sys.argv[1]), []
+    def on_term(*_):
+        seen.append(1)
+        out.write_text(f"SIGTERM {len(seen)}")
+        if len(seen) == 2:
+            out.write_text("stopped on the second SIGTERM")
+            sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    out.write_text("ready")
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def test_down_asks_a_worker_that_ignores_its_first_sigterm_again_instead_of_killing_it(
+        home: Path, tmp_path: Path) -> None:
+    said = tmp_path / "worker-said"
+    service = processes.spawn(home, "worker", [sys.executable, "-c", _STUBBORN, str(said)], health_url=None)
+    while not said.exists() or said.read_text() != "ready":
+        time.sleep(0.05)
+    done = _down()
+    assert done.returncode == 0 and "Stopped: worker" in done.stdout
+    assert said.read_text() == "stopped on the second SIGTERM"  # not SIGKILLed at the end of the grace
+    assert not processes.alive(service.pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_group_member_still_running_after_its_leader_exited_is_killed(home: Path, tmp_path: Path) -> None:
+    # A service's leader that exits on SIGTERM, leaving a child in its process group that ignores it: before, the
+    # stop ended with the leader and the child ran on.
+    child_pid = tmp_path / "child.pid"
+    child = (f"import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(600)")
+    leader = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(600)"
+    service = processes.spawn(home, "stubborn-child", [sys.executable, "-c", leader], health_url=None)
+    while not child_pid.exists() or not child_pid.read_text():  # written once it ignores SIGTERM
+        time.sleep(0.05)
+    child_process = int(child_pid.read_text())
+    processes.terminate(service.pid, grace=1.0, started=service.started)
+    assert not processes.alive(service.pid)
+    for _ in range(100):  # SIGKILLed; its parent gone, init reaps it
+        if not _running(child_process):
+            break
+        time.sleep(0.05)
+    assert not _running(child_process)
+
+
 def test_down_leaves_a_process_that_reused_a_recorded_pid_alone(home: Path,
                                                                bystander: subprocess.Popen[bytes]) -> None:
     started = processes.start_time(bystander.pid)
