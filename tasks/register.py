@@ -27,6 +27,11 @@ class ApprovalForm(RunInput):
     comment: str = Field(default="", max_length=2000, title="Comment", description="Why: recorded on the version.")
 
 
+def run_context() -> registry.RunContext:
+    """Return where this task runs (its flow run and UI link), for the lineage tags and the alias history."""
+    return registry.RunContext(flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url())
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
 def register_model(result: TrainResult, params: RegisterParams,
                    approval: registry.Approval | None = None) -> registry.Registration:
@@ -36,7 +41,7 @@ def register_model(result: TrainResult, params: RegisterParams,
     store = filesystem(settings)
     registry.check(settings)
     client = registry.client(settings)
-    context = registry.RunContext(flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url())
+    context = run_context()
     registered = registry.register(client, settings, store, result, params.model_name, params.metric, context)
     if registered.reused:
         logger.info("cache hit: training %s is already %s version %s; not registering again",

@@ -12,7 +12,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
 from prefect.transactions import Transaction, get_transaction
 
 from shipyard import registry, rollout
@@ -22,6 +21,7 @@ from shipyard.rollout.base import ModelRef, RolloutResult
 from shipyard.rollout.champion import champion_version, choose_champion, restore_champion, serve_champion
 from shipyard.settings import load_settings
 from shipyard.storage import filesystem
+from tasks.register import run_context
 
 
 @task(cache_policy=NO_CACHE)
@@ -41,7 +41,7 @@ def _put_champion_back(transaction: Transaction) -> None:
     store = filesystem(settings)
     with alias_lease(store, name, purpose=f"restore the {CHAMPION} of {name}"):
         restore_champion(registry.client(settings), name, transaction.get("champion"),
-                         moved_to=transaction.get("serving", None), history=(store, _context()))
+                         moved_to=transaction.get("serving", None), history=(store, run_context()))
 
 
 @task(cache_policy=NO_CACHE)
@@ -49,11 +49,7 @@ def promote_version(model: ModelRef) -> None:
     """Make ``model`` the champion (the rollout that follows serves it), under the alias lease, in its history."""
     settings = load_settings()
     choose_champion(registry.client(settings), filesystem(settings), model,
-                    f"rolled out by hand: version {model.version}", _context(), actor="rollout")
-
-
-def _context() -> registry.RunContext:
-    return registry.RunContext(flow_run_id=flow_run.get_id(), flow_run_url=flow_run.get_flow_run_ui_url())
+                    f"rolled out by hand: version {model.version}", run_context(), actor="rollout")
 
 
 @task(cache_policy=NO_CACHE)
