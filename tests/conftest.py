@@ -32,6 +32,10 @@ os.environ["DO_NOT_TRACK"] = "true"
 _LEAKY_PREFIXES = ("SHIPYARD_", "AWS_", "MLFLOW_", "PREFECT_API", "PREFECT_SERVER_EPHEMERAL", "KUBECONFIG")
 
 
+# Directories of long tests, in the order xdist workers should take them.
+_LONG_FIRST = ("tests/reliability/", "tests/integration/")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """On pytest-xdist workers, put the directories of long tests first (the order within each is kept).
 
@@ -43,8 +47,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items.sort(key=lambda item: next((rank for rank, prefix in enumerate(_LONG_FIRST)
                                           if item.nodeid.startswith(prefix)), len(_LONG_FIRST)))
 
-
-_LONG_FIRST = ("tests/reliability/", "tests/integration/")
 
 
 @pytest.fixture(autouse=True)
