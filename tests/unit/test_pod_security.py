@@ -1,9 +1,9 @@
 """Pods meet the restricted Pod Security profile the shipyard namespace enforces.
 
-``restricted_violations`` checks a pod spec against the rules of the Kubernetes Pod Security Standards
-(baseline and restricted, as of Kubernetes 1.35) the way the PodSecurity admission controller does: what
-the API server would refuse to create in the namespace. The rendered training and pipeline Jobs, every
-workload under infra/k8s/ and the Prefect workers' Helm values go through it.
+``restricted_violations`` (tests/twin/podsecurity.py) checks a pod spec against the rules of the Kubernetes
+Pod Security Standards (baseline and restricted, as of Kubernetes 1.35) the way the PodSecurity admission
+controller does: what the API server would refuse to create in the namespace. The rendered training and
+pipeline Jobs, every workload under infra/k8s/ and the Prefect workers' Helm values go through it.
 """
 
 from __future__ import annotations
@@ -17,68 +17,8 @@ import pytest
 import yaml
 
 from tests.infra import INFRA, REPO, kubernetes_manifests, load_all, pod_specs
+from tests.twin.podsecurity import restricted_violations
 from tests.unit.test_kube_job_template import TYPICAL, render
-
-# Volume types the restricted profile allows.
-ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                   "projected", "secret"}
-SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                "net.ipv4.tcp_keepalive_probes"}
-
-
-def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*pod.get("initContainers", []), *pod.get("containers", []), *pod.get("ephemeralContainers", [])]
-
-
-def _effective(pod: dict[str, Any], container: dict[str, Any], field: str) -> Any:
-    """Return a security setting as it applies to a container: its own, else the pod's."""
-    own = container.get("securityContext", {})
-    return own[field] if field in own else pod.get("securityContext", {}).get(field)
-
-
-def _baseline(pod: dict[str, Any]) -> list[str]:
-    problems = [f"{f} is true" for f in ("hostNetwork", "hostPID", "hostIPC") if pod.get(f)]
-    problems += [f"volume {v['name']} is hostPath" for v in pod.get("volumes", []) if "hostPath" in v]
-    sysctls = {s["name"] for s in pod.get("securityContext", {}).get("sysctls", [])}
-    problems += [f"unsafe sysctl {s}" for s in sorted(sysctls - SAFE_SYSCTLS)]
-    for c in _containers(pod):
-        sc = c.get("securityContext", {})
-        if sc.get("privileged"):
-            problems.append(f"container {c['name']} is privileged")
-        if any(p.get("hostPort") for p in c.get("ports", [])):
-            problems.append(f"container {c['name']} uses a hostPort")
-        if sc.get("procMount", "Default") != "Default":
-            problems.append(f"container {c['name']} has procMount {sc['procMount']}")
-        if (_effective(pod, c, "appArmorProfile") or {}).get("type") == "Unconfined":
-            problems.append(f"container {c['name']} runs AppArmor-unconfined")
-    return problems
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """Return every restricted-profile rule the pod spec breaks (empty: it would be admitted)."""
-    problems = _baseline(pod)
-    problems += [f"volume {v['name']} has a type restricted forbids" for v in pod.get("volumes", [])
-                 if not set(v) - {"name"} <= ALLOWED_VOLUMES]
-    for c in _containers(pod):
-        name, sc = c["name"], c.get("securityContext", {})
-        if sc.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"container {name} does not set allowPrivilegeEscalation: false")
-        if _effective(pod, c, "runAsNonRoot") is not True:
-            problems.append(f"container {name} does not set runAsNonRoot: true")
-        if _effective(pod, c, "runAsUser") == 0:
-            problems.append(f"container {name} runs as UID 0")
-        if (_effective(pod, c, "seccompProfile") or {}).get("type") not in {"RuntimeDefault", "Localhost"}:
-            problems.append(f"container {name} has no RuntimeDefault or Localhost seccomp profile")
-        capabilities = sc.get("capabilities", {})
-        if "ALL" not in capabilities.get("drop", []):
-            problems.append(f"container {name} does not drop ALL capabilities")
-        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
-            problems.append(f"container {name} adds capabilities {capabilities['add']}")
-    if pod.get("securityContext", {}).get("runAsUser") == 0:
-        problems.append("the pod runs as UID 0")
-    return problems
 
 
 def _pipeline_job(values: dict[str, Any]) -> dict[str, Any]:
@@ -131,18 +71,20 @@ def test_the_namespace_enforces_the_restricted_profile() -> None:
 
 
 BREAKS = [
-    (lambda p: p["securityContext"].pop("runAsNonRoot"), "does not set runAsNonRoot: true"),
-    (lambda p: p["securityContext"].update(runAsUser=0), "runs as UID 0"),
-    (lambda p: p["securityContext"].pop("seccompProfile"), "no RuntimeDefault or Localhost seccomp"),
+    (lambda p: p["securityContext"].pop("runAsNonRoot"), "runAsNonRoot != true (pod or container"),
+    (lambda p: p["securityContext"].update(runAsUser=0), "runAsUser=0 (pod must not set runAsUser=0)"),
+    (lambda p: p["securityContext"].pop("seccompProfile"),
+     'must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost"'),
     (lambda p: p["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
-     "does not set allowPrivilegeEscalation: false"),
+     "must set securityContext.allowPrivilegeEscalation=false"),
     (lambda p: p["containers"][0]["securityContext"].update(capabilities={"drop": ["NET_RAW"]}),
-     "does not drop ALL capabilities"),
+     'must set securityContext.capabilities.drop=["ALL"]'),
     (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
-     "adds capabilities"),
-    (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "is privileged"),
-    (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), "is hostPath"),
-    (lambda p: p.update(hostNetwork=True), "hostNetwork is true"),
+     'must not include "SYS_ADMIN" in securityContext.capabilities.add'),
+    (lambda p: p["containers"][0]["securityContext"].update(privileged=True),
+     "must not set securityContext.privileged=true"),
+    (lambda p: p["volumes"].append({"name": "host", "hostPath": {"path": "/"}}), 'hostPath volumes (volume "host")'),
+    (lambda p: p.update(hostNetwork=True), "host namespaces (hostNetwork=true)"),
 ]
 
 
