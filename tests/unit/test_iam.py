@@ -262,11 +262,12 @@ def test_pods_run_under_the_service_accounts_the_policies_are_for() -> None:
     mlflow = next(d for d in load_all(INFRA / "k8s" / "mlflow.yaml") if d["kind"] == "Deployment")
     assert mlflow["spec"]["template"]["spec"]["serviceAccountName"] == "mlflow"
     for values in (INFRA / "helm").glob("prefect-worker-*.values.yaml"):
-        assert yaml.safe_load(values.read_text())["serviceAccount"]["name"] == "prefect-worker"
+        assert yaml.safe_load(values.read_text())["serviceAccount"]["name"] == "shipyard-worker"  # no AWS role
 
 
 def test_the_endpoint_has_a_service_account_without_aws_or_api_credentials() -> None:
-    accounts = [d for d in load_all(INFRA / "k8s" / "base.yaml") if d["kind"] == "ServiceAccount"]
+    accounts = [d for d in load_all(INFRA / "k8s" / "base.yaml")
+                if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "shipyard-inference"]
     assert accounts == [{"apiVersion": "v1", "kind": "ServiceAccount",
                          "metadata": {"name": "shipyard-inference", "namespace": "shipyard"},
                          "automountServiceAccountToken": False}]
