@@ -27,7 +27,7 @@ from lightkube.types import CascadeType
 
 from shipyard.errors import KubeError
 from shipyard.kube.client import translate
-from shipyard.kube.scheduling import FLOW_RUN_LABEL, TIMEOUT_ANNOTATION
+from shipyard.kube.scheduling import SHIPYARD_RUN_LABEL, TIMEOUT_ANNOTATION
 from shipyard.training.node import RENDEZVOUS_PORT, NodeArgs
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,13 @@ JOB_LABEL = "shipyard.dev/job"  # on the pods: what the headless Service selects
 PARAMS_ANNOTATION = "shipyard.dev/train-params"  # the run's TrainParams, mounted as a file by the downward API
 PARAMS_DIR = "/etc/shipyard"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+UID = 1000  # the training image's user (infra/docker/Dockerfile)
+HOME = "/home/shipyard"  # the image's HOME and SHIPYARD_HOME: dataset cache, library caches
+# The restricted Pod Security profile the namespace enforces (infra/k8s/base.yaml): without these the API server
+# refuses every pod of the Job, which then waits with FailedCreate events until its deadline.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 NO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpenter.sh/do-not-disrupt": "true"}
 # Exit codes of a worker that was killed rather than failing on its own: SIGKILL (OOM, node gone), SIGTERM.
 LOST_EXIT_CODES = (137, 143)
@@ -54,6 +61,7 @@ class PodResources:
     memory_request: str = "16Gi"
     memory_limit: str = "32Gi"
     shm_size: str = "8Gi"
+    scratch_size: str = "100Gi"
     active_deadline_seconds: int = 86400
     termination_grace_period_seconds: int = 120
     unschedulable_timeout_seconds: int = 900
@@ -97,7 +105,10 @@ def _container(plan: JobPlan) -> dict[str, Any]:
                       "limits": {"memory": pods.memory_limit, "nvidia.com/gpu": plan.procs_per_node}},
         # The last lines of a failed worker's output become the pod's termination message: the launcher quotes it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - a mount point, not a file
+                         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
+                         {"name": "home", "mountPath": HOME},
                          {"name": "params", "mountPath": PARAMS_DIR, "readOnly": True}],
     }
 
@@ -105,17 +116,22 @@ def _container(plan: JobPlan) -> dict[str, Any]:
 def job_manifest(plan: JobPlan) -> dict[str, Any]:
     """Return the Indexed Job of one attempt."""
     pods = plan.pods
+    # Not Prefect's prefect.io/flow-run-id: its Kubernetes observer marks a flow run Crashed when a Job with that
+    # label is deleted, and a lost attempt's Job is deleted while the train flow goes on with the next attempt.
     labels = {"app.kubernetes.io/name": "shipyard", "app.kubernetes.io/component": "training",
-              FLOW_RUN_LABEL: plan.run_id}
+              SHIPYARD_RUN_LABEL: plan.run_id}
     pod_spec = {
         "subdomain": plan.name, "restartPolicy": "Never",
         "serviceAccountName": pods.service_account_name, "priorityClassName": pods.priority_class_name,
         "terminationGracePeriodSeconds": pods.termination_grace_period_seconds,
+        "securityContext": POD_SECURITY,
         "nodeSelector": {"role": "train"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "containers": [_container(plan)],
         "volumes": [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": pods.shm_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+            {"name": "home", "emptyDir": {"sizeLimit": pods.scratch_size}},
             {"name": "params", "downwardAPI": {"items": [{
                 "path": "params.json", "fieldRef": {"fieldPath": f"metadata.annotations['{PARAMS_ANNOTATION}']"}}]}},
         ],

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_ANNOTATION = "shipyard.dev/unschedulable-timeout"
 DEFAULT_TIMEOUT_SECONDS = 900.0
-FLOW_RUN_LABEL = "prefect.io/flow-run-id"
+FLOW_RUN_LABEL = "prefect.io/flow-run-id"  # set by the Prefect worker on the Jobs it creates
+SHIPYARD_RUN_LABEL = "shipyard.dev/flow-run-id"  # set by Shipyard on the Jobs it creates itself (multi-node)
 
 
 def parse_duration(text: str) -> float:
@@ -65,17 +66,23 @@ class SchedulingWatch:
     namespace: str
     flow_run_id: str
     clock: Callable[[], float] = time.monotonic
+    label: str = FLOW_RUN_LABEL  # the label that names the flow run on its Job
     _since: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         """Look once; delete the Job and raise KubeError with the scheduler's reason if it waited too long."""
         with translate(f"read the Job of flow run {self.flow_run_id} in namespace {self.namespace}"):
-            jobs = list(self.client.list(Job, namespace=self.namespace, labels={FLOW_RUN_LABEL: self.flow_run_id}))
+            jobs = list(self.client.list(Job, namespace=self.namespace, labels={self.label: self.flow_run_id}))
             if not jobs:
                 return  # the worker has not created it yet
             job = jobs[0]
             name = job.metadata.name if job.metadata and job.metadata.name else "?"
             pods = list(self.client.list(Pod, namespace=self.namespace, labels={"job-name": name}))
+        if not pods:
+            refused = self._refused(name)
+            if refused is not None:
+                self._delete(name)
+                raise KubeError(f"training job {self.namespace}/{name} cannot create pods and was deleted: {refused}")
         timeout = self._timeout(job)
         now = self.clock()
         for pod in pods:
@@ -96,10 +103,26 @@ class SchedulingWatch:
     def _scheduler_message(self, pod_name: str) -> str | None:
         return scheduler_message(self.client, self.namespace, pod_name)
 
+    def _refused(self, job_name: str) -> str | None:
+        """Return the Job controller's newest FailedCreate message (admission refused its pod), if any.
+
+        A refusal never resolves by waiting (the pod spec is what is refused), while the Job stays active with no
+        pods until activeDeadlineSeconds: so it fails the run at once.
+        """
+        with translate(f"list events of job {self.namespace}/{job_name}"):
+            events = [e for e in self.client.list(Event, namespace=self.namespace,
+                                                  fields={"involvedObject.name": job_name})
+                      if e.reason == "FailedCreate" and e.message and e.involvedObject.kind == "Job"]
+        events.sort(key=lambda e: str(e.lastTimestamp or e.eventTime or ""))
+        return " ".join(events[-1].message.split()) if events and events[-1].message else None
+
+    def _delete(self, job_name: str) -> None:
+        with translate(f"delete job {self.namespace}/{job_name}"):
+            self.client.delete(Job, job_name, namespace=self.namespace, cascade=CascadeType.BACKGROUND)
+
     def _fail(self, job_name: str, pod_name: str, waited: float, reason: str) -> None:
         log.warning("job %s/%s: pod %s unschedulable for %.0fs; deleting the job", self.namespace, job_name,
                     pod_name, waited)
-        with translate(f"delete job {self.namespace}/{job_name}"):
-            self.client.delete(Job, job_name, namespace=self.namespace, cascade=CascadeType.BACKGROUND)
+        self._delete(job_name)
         raise KubeError(f"training job {self.namespace}/{job_name} stayed unschedulable for {waited:.0f}s and was "
                         f"deleted; the scheduler said: {reason.strip()}")

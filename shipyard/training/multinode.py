@@ -21,7 +21,7 @@ from lightkube import Client
 
 from shipyard.errors import ConfigError, TrainingError
 from shipyard.kube import indexed
-from shipyard.kube.scheduling import SchedulingWatch
+from shipyard.kube.scheduling import SHIPYARD_RUN_LABEL, SchedulingWatch
 from shipyard.params import TrainParams
 from shipyard.refs import DatasetRef
 from shipyard.settings import Settings, redact
@@ -77,7 +77,7 @@ class Ended:
 def train_on_nodes(cluster: Cluster, store: Store, dataset: DatasetRef, params: TrainParams, run_id: str,
                    key: str, on_line: Callable[[str], None] = log.info) -> TrainResult:
     """Train on ``params.nodes`` pods under training ``key``, starting a new attempt when a worker is lost."""
-    watch = SchedulingWatch(cluster.client, cluster.namespace, run_id)
+    watch = SchedulingWatch(cluster.client, cluster.namespace, run_id, label=SHIPYARD_RUN_LABEL)
     last = ""
     for attempt in range(1, cluster.attempts + 1):
         plan = indexed.JobPlan(

@@ -89,6 +89,46 @@ def test_unschedulable_pod_past_the_timeout_fails_with_the_schedulers_reason_and
     assert kube.get("pods", NS, "calm-otter-abc12-x7k2p") is None  # deleted with the job (background cascade)
 
 
+def test_a_job_whose_pods_admission_refuses_fails_at_once_with_the_controllers_message_and_is_deleted(
+        kube: fakekube.FakeKube) -> None:
+    refused = ('Error creating: pods "calm-otter-abc12-x7k2p" is forbidden: violates PodSecurity '
+               '"restricted:v1.35": allowPrivilegeEscalation != false (container "prefect-job" must set '
+               'securityContext.allowPrivilegeEscalation=false)')
+    _job(kube, "run-1")
+    watch = _watch(kube, Clock())
+    watch.check()  # no pod yet and no refusal: the controller has not tried
+    _event(kube, "other", "FailedCreate", "about another job", "2026-01-01T00:00:00Z", pod="someone-else")
+    watch.check()  # another object's refusal is not this Job's
+    kube.put("events", {"metadata": {"name": "fc1", "namespace": NS}, "reason": "FailedCreate", "type": "Warning",
+                        "involvedObject": {"kind": "Job", "name": "calm-otter-abc12"}, "message": refused,
+                        "lastTimestamp": "2026-01-01T00:00:01Z"})
+    with pytest.raises(KubeError) as caught:
+        watch.check()
+    assert str(caught.value) == f"training job {NS}/calm-otter-abc12 cannot create pods and was deleted: {refused}"
+    assert kube.get("jobs", NS, "calm-otter-abc12") is None
+
+
+def test_the_watch_finds_a_job_by_the_label_it_is_given(kube: fakekube.FakeKube) -> None:
+    kube.put("jobs", {"metadata": {"name": "train-k-1", "namespace": NS,
+                                   "annotations": {"shipyard.dev/unschedulable-timeout": "1s"},
+                                   "labels": {"shipyard.dev/flow-run-id": "run-1"}},
+                      "spec": {"template": {"spec": {"containers": [{"name": "train", "image": "x"}]}}}})
+    kube.put("pods", {"metadata": {"name": "train-k-1-0-x", "namespace": NS, "labels": {"job-name": "train-k-1"}},
+                      "spec": {"containers": [{"name": "train", "image": "x"}]},
+                      "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                                     "reason": "Unschedulable", "message": REASON}]}})
+    clock = Clock()
+    prefects = _watch(kube, clock)
+    ours = SchedulingWatch(client(NS, KubeConfig.from_dict(kube.kubeconfig(NS))),
+                           NS, "run-1", clock=clock, label="shipyard.dev/flow-run-id")
+    for watch in (prefects, ours):
+        watch.check()
+    clock.now += 5
+    prefects.check()  # Prefect's label names no Job here
+    with pytest.raises(KubeError, match="stayed unschedulable"):
+        ours.check()
+
+
 def test_a_pod_that_gets_scheduled_in_time_is_left_alone(kube: fakekube.FakeKube) -> None:
     clock = Clock()
     _job(kube, "run-1", timeout="60s")

@@ -17,6 +17,7 @@ from shipyard.settings import Settings
 from shipyard.training import node
 from shipyard.training.multinode import job_name, pod_env
 from tests.infra import kubernetes_version
+from tests.twin import podsecurity
 
 EKS_KUBERNETES = kubernetes_version()
 PARAMS = TrainParams(epochs=5, nodes=4, procs_per_node=8)
@@ -77,7 +78,28 @@ def test_the_pods_get_the_gpu_train_templates_scheduling_guards_and_defaults() -
                  "unschedulable_timeout_seconds", "finished_job_ttl"):
         assert getattr(resources, name) == defaults[name], name
     assert job["metadata"]["annotations"]["shipyard.dev/unschedulable-timeout"] == "900s"
-    assert job["metadata"]["labels"]["prefect.io/flow-run-id"] == _plan().run_id
+    # Shipyard's label, never Prefect's: the observer would mark the train flow Crashed when a lost attempt's Job
+    # is deleted.
+    assert job["metadata"]["labels"]["shipyard.dev/flow-run-id"] == _plan().run_id
+    assert "prefect.io/flow-run-id" not in job["metadata"]["labels"]
+    assert "prefect.io/flow-run-id" not in pod["metadata"]["labels"]
+
+
+def test_the_pods_meet_the_restricted_profile_with_the_gpu_train_templates_security_and_scratch() -> None:
+    single_pod = load("gpu-train")["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    job = indexed.job_manifest(_plan())
+    pod = job["spec"]["template"]["spec"]
+    container, single = pod["containers"][0], single_pod["containers"][0]
+    assert pod["securityContext"] == single_pod["securityContext"]
+    assert container["securityContext"] == single["securityContext"]
+    assert [m for m in single["volumeMounts"] if m["name"] in ("tmp", "home")] == \
+        [m for m in container["volumeMounts"] if m["name"] in ("tmp", "home")]
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted",
+                  "pod-security.kubernetes.io/enforce-version": "v1.35"}
+    named = {"metadata": {"name": f"{_plan().name}-0-abcde"}, "spec": pod}
+    assert podsecurity.admission_message(restricted, named) is None
+    del container["securityContext"]
+    assert "allowPrivilegeEscalation != false" in (podsecurity.admission_message(restricted, named) or "")
 
 
 def test_index_zero_has_a_stable_dns_name_behind_a_headless_service_owned_by_the_job() -> None:
