@@ -48,6 +48,10 @@ NO_EVICT = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false", "karpente
 # Exit codes of a worker that was killed rather than failing on its own: SIGKILL (OOM, node gone), SIGTERM.
 LOST_EXIT_CODES = (137, 143)
 LOST_REASONS = ("OOMKilled", "Evicted", "NodeLost", "Shutdown", "Terminated", "UnexpectedAdmissionError")
+# A worker whose rendezvous failed (a peer never came, index 0's store was unreachable) exits 1 like a bug, but
+# its last words name torch's rendezvous errors: the next attempt may well meet, so it counts as lost.
+RENDEZVOUS_ERRORS = ("RendezvousTimeoutError", "RendezvousConnectionError", "RendezvousClosedError",
+                     "DistStoreError")
 
 
 @dataclass(frozen=True)
@@ -276,10 +280,12 @@ def failures(pod_list: list[Pod]) -> list[PodFailure]:
                      if s.name == CONTAINER and s.state and s.state.terminated), None)
         code = term.exitCode if term else None
         reason = (term.reason if term else None) or status.reason or ("DisruptionTarget" if disrupted else "Failed")
-        lost = disrupted or term is None or code in LOST_EXIT_CODES or reason in LOST_REASONS
+        message = (term.message if term else status.message) or ""
+        lost = disrupted or term is None or code in LOST_EXIT_CODES or reason in LOST_REASONS \
+            or any(error in message for error in RENDEZVOUS_ERRORS)
         annotations = meta.annotations or {}
         found.append(PodFailure(pod=meta.name or "?", index=annotations.get(INDEX_ANNOTATION, "?"), exit_code=code,
-                                reason=reason, message=(term.message if term else status.message) or "",
+                                reason=reason, message=message,
                                 finished_at=str(term.finishedAt) if term and term.finishedAt else "", lost=lost))
     # A pod with no termination record (node gone) and ties (same second) put a lost worker first: a peer
     # dying is what makes the others fail.

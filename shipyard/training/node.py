@@ -60,7 +60,10 @@ class NodeArgs:
 
 def torchrun_command(args: NodeArgs, node_rank: int, data_dir: Path) -> list[str]:
     """Return the torchrun command of the node with this rank."""
-    conf = f"join_timeout={args.rdzv_timeout_seconds},is_host={'1' if node_rank == 0 else '0'}"
+    # read_timeout bounds how long a worker waits to reach index 0's TCP store (torch's default: 60 s); pods start
+    # in any order and index 0's image pull can take minutes, so it gets the same budget as joining.
+    timeout = args.rdzv_timeout_seconds
+    conf = f"join_timeout={timeout},read_timeout={timeout},is_host={'1' if node_rank == 0 else '0'}"
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={args.nnodes}",
             f"--nproc-per-node={args.nproc_per_node}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={args.rdzv_endpoint}", f"--rdzv-id={args.rdzv_id}", f"--rdzv-conf={conf}",

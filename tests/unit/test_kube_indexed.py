@@ -136,7 +136,9 @@ def test_torchrun_gets_the_node_rank_and_index_zero_hosts_the_rendezvous() -> No
     first, second = (node.torchrun_command(args, rank, Path("/data")) for rank in (0, 1))
     assert "--nnodes=4" in first and "--nproc-per-node=8" in first and "--rdzv-backend=c10d" in first
     assert "--node-rank=0" in first and "--node-rank=1" in second and "--max-restarts=0" in first
-    assert "--rdzv-conf=join_timeout=900,is_host=1" in first and "--rdzv-conf=join_timeout=900,is_host=0" in second
+    # Reaching index 0's store gets the whole rendezvous budget too, not torch's 60 s read_timeout.
+    assert "--rdzv-conf=join_timeout=900,read_timeout=900,is_host=1" in first
+    assert "--rdzv-conf=join_timeout=900,read_timeout=900,is_host=0" in second
 
 
 @pytest.mark.parametrize("index", ["$(JOB_COMPLETION_INDEX)", "4", "-1"])
@@ -150,13 +152,14 @@ def test_a_pod_without_a_valid_completion_index_says_so_in_one_line(
 
 
 def _pod(name: str, index: str, *, code: int | None = None, finished: str = "2026-01-01T00:00:05Z",
-         reason: str = "Error", phase: str = "Failed", disrupted: bool = False) -> Pod:
+         reason: str = "Error", phase: str = "Failed", disrupted: bool = False,
+         message: str = "Traceback\nerror: batch_size 5000 is larger\n") -> Pod:
     status: dict[str, Any] = {"phase": phase, "conditions": [], "containerStatuses": []}
     if code is not None:
         status["containerStatuses"] = [{"name": "train", "image": "x", "imageID": "", "ready": False,
                                         "restartCount": 0, "state": {"terminated": {
                                             "exitCode": code, "reason": reason, "finishedAt": finished,
-                                            "message": "Traceback\nerror: batch_size 5000 is larger\n"}}}]
+                                            "message": message}}}]
     if disrupted:
         status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]
     return Pod.from_dict({"metadata": {"name": name, "annotations": {indexed.INDEX_ANNOTATION: index}},
@@ -175,6 +178,15 @@ def test_the_first_failure_decides_and_a_killed_worker_counts_as_lost() -> None:
     assert not own[0].lost and own[0].exit_code == 1  # a code error first: the others were stopped after it
     assert indexed.failures([_pod("p0", "0", phase="Running", disrupted=True)])[0].lost
     assert indexed.failures([_pod("p1", "1", reason="NodeLost")])[0].lost  # no exit code: the node vanished
+
+
+def test_a_worker_whose_rendezvous_failed_counts_as_lost_so_the_next_attempt_retries() -> None:
+    timed_out = ("torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError: The node 'train-k-1-1' has "
+                 "not joined the rendezvous in time.\n")
+    unreachable = "torch.distributed.DistStoreError: Timed out after 61 seconds waiting for clients.\n"
+    for message in (timed_out, unreachable):
+        (found,) = indexed.failures([_pod("p1", "1", code=1, message=message)])
+        assert found.lost and found.exit_code == 1, message
 
 
 def test_the_pods_get_the_store_and_never_credentials() -> None:
