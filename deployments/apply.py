@@ -18,7 +18,7 @@ from prefect.workers.process import ProcessWorker
 
 from deployments import STAGED_BY, DeploymentSpec, for_environment
 from shipyard.errors import ConfigError
-from shipyard.settings import Settings, redact
+from shipyard.settings import Settings, cluster_fields, redact
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,16 @@ def _cluster_pool_template(spec: DeploymentSpec) -> dict[str, Any]:
     return template
 
 
-# Settings a cluster pod needs to reach the same store, MLflow and pools as the machine that deployed.
-_CLUSTER_SETTINGS = ("store_uri", "mlflow_tracking_uri", "mlflow_experiment", "train_work_pool", "image",
-                     "kube_namespace")
+# On a cluster both are fixed, whatever this machine uses: training goes to the GPU pool, and the rollout to the
+# inference node group (a local target would serve inside the pipeline pod and die with it).
+_CLUSTER_OVERRIDES = {"train_mode": "cluster", "rollout_target": "kubernetes"}
 
 
 def cluster_env(settings: Settings) -> dict[str, str]:
-    """Return the SHIPYARD_* variables cluster flow runs get, refusing values that carry credentials."""
-    env = {"SHIPYARD_TRAIN_MODE": "cluster"}
-    for name in _CLUSTER_SETTINGS:
-        value = getattr(settings, name)
+    """Return the SHIPYARD_* variables cluster flow runs get (every CLUSTER setting), refusing credentials."""
+    env: dict[str, str] = {}
+    for name in cluster_fields():
+        value = _CLUSTER_OVERRIDES.get(name, getattr(settings, name))
         if value is None:
             continue
         variable = f"SHIPYARD_{name.upper()}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,33 @@ MLFLOW_SCHEMES = ("http", "https", "sqlite", "file", "databricks", "databricks-u
                   "mssql")
 
 
+# Fields marked CLUSTER cross into every pod a cluster deployment starts (the deployments' ``env`` job variable,
+# deployments/apply.py): what a pipeline or training pod needs to reach the same store, MLflow, pools and
+# inference cluster as the machine that deployed. Every other field is in LOCAL_ONLY, with the reason it stays
+# here; a test keeps the two covering every field, so a new setting cannot silently stay behind.
+CLUSTER: dict[str, Any] = {"cluster": True}
+LOCAL_ONLY: dict[str, str] = {
+    "home": "the pod's own home comes from its image (SHIPYARD_HOME under an emptyDir)",
+    "prefect_api_url": "the Prefect worker gives its flow-run pods PREFECT_API_URL itself",
+    "pipeline_work_pool": "only 'shipyard deploy cluster' reads it; a pipeline pod launches on the train pool",
+    "local_work_pool": "the process pool of 'shipyard up' on this machine",
+    "local_worker_poll_seconds": "the worker 'shipyard up' starts on this machine",
+    "inference_host": "the local inference server's address",
+    "inference_port": "the local inference server's port",
+    "prefect_port": "the local Prefect server's port",
+    "prefect_start_timeout_seconds": "a Prefect server this machine starts",
+    "mlflow_ui_port": "the local MLflow UI's port",
+    "serving_max_request_bytes": "the local inference server's limit (inference pods take server arguments)",
+    "serving_timeout_seconds": "the local inference server's limit (inference pods take server arguments)",
+    "serving_token": "a secret of the local inference server: never a job variable, which the Prefect UI shows",
+    "local_pipeline_cron": "the local deployment's schedule",
+    "inference_kube_context": "names a context of this machine's kubeconfig; a pod has none (dedicated topology: "
+                              "not yet mounted into the pipeline pod)",
+    "inference_kubeconfig": "a path on this machine; a pod has none (dedicated topology: not yet mounted into the "
+                            "pipeline pod)",
+}
+
+
 class Settings(BaseSettings):
     """Where Shipyard keeps things and which services it talks to."""
 
@@ -45,22 +73,23 @@ class Settings(BaseSettings):
         "server logs and pid files.",
     )
     store_uri: str | None = Field(
-        default=None,
+        json_schema_extra=CLUSTER, default=None,
         description="Artifact store as an fsspec URI (s3://bucket/prefix or a local path). "
         "Default: <home>/store. For S3-compatible servers set the standard AWS_ENDPOINT_URL_S3.",
     )
     store_max_attempts: int = Field(
-        default=8, ge=1, le=20,
+        json_schema_extra=CLUSTER, default=8, ge=1, le=20,
         description="Attempts per S3 request: botocore's standard retry mode (exponential backoff up to 20 s), "
         "inside s3fs's own retry loop of at most 5 tries. A store that is down fails a write after minutes, "
         "which a long training survives; 1 fails at the first error (within seconds).",
     )
     mlflow_tracking_uri: str | None = Field(
-        default=None,
+        json_schema_extra=CLUSTER, default=None,
         description="MLflow tracking URI (http://host:5000 for a server). Default: SQLite at <home>/mlflow.db.",
     )
     mlflow_experiment: str = Field(
-        default="shipyard", description="MLflow experiment that pipeline runs are logged to."
+        json_schema_extra=CLUSTER, default="shipyard",
+        description="MLflow experiment that pipeline runs are logged to."
     )
     prefect_api_url: str | None = Field(
         default=None,
@@ -68,12 +97,13 @@ class Settings(BaseSettings):
         "'run' and 'demo' start if it is not running and keep running ('shipyard down' stops it).",
     )
     train_mode: TrainMode = Field(
-        default=TrainMode.local,
+        json_schema_extra=CLUSTER, default=TrainMode.local,
         description="'local' trains in-process on the best local device; 'cluster' launches the "
         "train deployment on the Kubernetes work pool.",
     )
     train_work_pool: str = Field(
-        default="gpu-train", description="Prefect Kubernetes work pool for cluster training."
+        json_schema_extra=CLUSTER, default="gpu-train",
+        description="Prefect Kubernetes work pool for cluster training."
     )
     pipeline_work_pool: str = Field(
         default="shipyard-cpu",
@@ -87,11 +117,12 @@ class Settings(BaseSettings):
         "work, so the UI's Run button starts a run within this time (Prefect's own default: 10 s).",
     )
     image: str = Field(
-        default="shipyard:latest",
+        json_schema_extra=CLUSTER, default="shipyard:latest",
         description="Container image that cluster jobs and the inference deployment run.",
     )
     kube_namespace: str = Field(
-        default="shipyard", description="Kubernetes namespace for training jobs and inference."
+        json_schema_extra=CLUSTER, default="shipyard",
+        description="Kubernetes namespace for training jobs and inference."
     )
     inference_host: str = Field(
         default="127.0.0.1", description="Address the local inference server binds to."
@@ -112,7 +143,7 @@ class Settings(BaseSettings):
 
     # Serving and rollout (issue 7, i7-serving).
     rollout_target: RolloutTarget = Field(
-        default=RolloutTarget.local,
+        json_schema_extra=CLUSTER, default=RolloutTarget.local,
         description="Where the roll-out stage serves the champion: 'local' (a hot-swapping server on this "
         "machine) or 'kubernetes' (a Deployment on the inference node group).",
     )
@@ -140,21 +171,24 @@ class Settings(BaseSettings):
         description="Kubeconfig file of the Kubernetes rollout target. Default: KUBECONFIG or ~/.kube/config.",
     )
     inference_replicas: int = Field(
-        default=2, ge=1, le=100, description="Replicas of the inference Deployment on Kubernetes."
+        json_schema_extra=CLUSTER, default=2, ge=1, le=100,
+        description="Replicas of the inference Deployment on Kubernetes."
     )
     inference_gpus: int = Field(
-        default=1, ge=0, le=8,
+        json_schema_extra=CLUSTER, default=1, ge=0, le=8,
         description="nvidia.com/gpu per inference pod; above 0 the pods also tolerate the GPU node taint "
         "(0: the inference node group has no GPUs).",
     )
     inference_cpu: str = Field(
-        default="2", description="CPU request of each inference pod (Kubernetes quantity)."
+        json_schema_extra=CLUSTER, default="2",
+        description="CPU request of each inference pod (Kubernetes quantity)."
     )
     inference_memory: str = Field(
-        default="8Gi", description="Memory request and limit of each inference pod (Kubernetes quantity)."
+        json_schema_extra=CLUSTER, default="8Gi",
+        description="Memory request and limit of each inference pod (Kubernetes quantity)."
     )
     inference_progress_deadline_seconds: int = Field(
-        default=600, ge=1,
+        json_schema_extra=CLUSTER, default=600, ge=1,
         description="A Kubernetes rollout that makes no progress this long fails and is rolled back.",
     )
     # Schedules and events (deployments, 'shipyard schedule').
@@ -199,6 +233,12 @@ class Settings(BaseSettings):
 def redact(uri: str) -> str:
     """Return ``uri`` without any user:password part, for messages and logs."""
     return re.sub(r"^([a-zA-Z][\w+.-]*://)[^/@]*@", r"\1***@", uri)
+
+
+def cluster_fields() -> tuple[str, ...]:
+    """Return the names of the settings that cross into cluster pods (the fields marked CLUSTER)."""
+    return tuple(name for name, info in Settings.model_fields.items()
+                 if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("cluster"))
 
 
 def load_settings() -> Settings:

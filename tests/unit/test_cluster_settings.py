@@ -1,0 +1,47 @@
+"""Every setting a cluster run needs crosses into its pods by one mechanism: the CLUSTER marker on the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.apply import cluster_env
+from shipyard.errors import ConfigError
+from shipyard.settings import LOCAL_ONLY, Settings, cluster_fields
+
+# What a pipeline or training pod must see as the deploying machine set it (stated here, on purpose, twice).
+CROSSING = {"store_uri", "store_max_attempts", "mlflow_tracking_uri", "mlflow_experiment", "train_mode",
+            "train_work_pool", "image", "kube_namespace", "rollout_target", "inference_replicas", "inference_gpus",
+            "inference_cpu", "inference_memory", "inference_progress_deadline_seconds"}
+
+
+def test_the_settings_that_cross_are_exactly_the_stated_ones() -> None:
+    assert set(cluster_fields()) == CROSSING
+
+
+def test_every_setting_either_crosses_or_says_why_it_stays_on_this_machine() -> None:
+    fields = set(Settings.model_fields)
+    assert set(cluster_fields()) | set(LOCAL_ONLY) == fields
+    assert not set(cluster_fields()) & set(LOCAL_ONLY)
+    assert all(reason.strip() for reason in LOCAL_ONLY.values())
+
+
+def test_the_pods_get_the_inference_settings_and_always_roll_out_to_the_cluster() -> None:
+    settings = Settings(store_uri="s3://ml/shipyard", mlflow_tracking_uri="http://mlflow.shipyard.svc:5000",
+                        inference_replicas=3, inference_gpus=0, inference_memory="2Gi", rollout_target="local",
+                        serving_token="s3cr3t-token")
+    env = cluster_env(settings)
+    assert env["SHIPYARD_ROLLOUT_TARGET"] == "kubernetes"  # a local target would serve inside the pipeline pod
+    assert env["SHIPYARD_TRAIN_MODE"] == "cluster"
+    assert (env["SHIPYARD_INFERENCE_REPLICAS"], env["SHIPYARD_INFERENCE_GPUS"], env["SHIPYARD_INFERENCE_MEMORY"]) \
+        == ("3", "0", "2Gi")
+    assert set(env) == {f"SHIPYARD_{name.upper()}" for name in CROSSING}
+    assert "s3cr3t-token" not in str(env)
+    # What the pod reads back is what this machine had, field by field.
+    crossed = Settings(**{k.removeprefix("SHIPYARD_").lower(): v for k, v in env.items()})
+    for name in CROSSING - {"train_mode", "rollout_target"}:
+        assert getattr(crossed, name) == getattr(settings, name), name
+
+
+def test_a_crossing_value_with_credentials_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="^SHIPYARD_MLFLOW_TRACKING_URI carries credentials"):
+        cluster_env(Settings(mlflow_tracking_uri="https://user:pw@mlflow.example.com"))
