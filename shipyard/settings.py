@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         default=None,
         description="Kubeconfig file of the Kubernetes rollout target. Default: KUBECONFIG or ~/.kube/config.",
     )
+    inference_image: str | None = Field(
+        json_schema_extra=CLUSTER, default=None,
+        description="Image of the inference pods (infra/docker/Dockerfile.inference: the serving app, no Prefect, "
+        "no training stack). Default: SHIPYARD_IMAGE's repository with '-inference' appended, same tag.",
+    )
     inference_replicas: int = Field(
         json_schema_extra=CLUSTER, default=2, ge=1, le=100,
         description="Replicas of the inference Deployment on Kubernetes."
@@ -214,6 +219,15 @@ class Settings(BaseSettings):
             uri = self.store_uri
             return uri if uri.endswith("://") else uri.rstrip("/")
         return str((self.home / "store").resolve())
+
+    def resolved_inference_image(self) -> str:
+        """Return the inference image: the setting, else ``<repository>-inference:<tag>`` of ``image``."""
+        if self.inference_image:
+            return self.inference_image
+        repository, sep, tag = self.image.rpartition(":")
+        if not sep or "/" in tag:  # no tag: "registry:5000/shipyard" has a port, not a tag
+            repository, tag = self.image, "latest"
+        return f"{repository}-inference:{tag}"
 
     def resolved_mlflow_uri(self) -> str:
         """Return the MLflow tracking URI, defaulting to SQLite under ``home``."""

@@ -58,7 +58,7 @@ def _container(settings: Settings, model_name: str, version: str, tracking_uri: 
         limits["nvidia.com/gpu"] = settings.inference_gpus
     return {
         "name": CONTAINER,
-        "image": settings.image,
+        "image": settings.resolved_inference_image(),
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "shipyard.serving"],
         "args": ["--model-uri", f"models:/{model_name}/{version}", "--model-name", model_name,

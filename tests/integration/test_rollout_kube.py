@@ -173,8 +173,8 @@ def test_a_version_that_never_gets_ready_is_rolled_back_with_the_pods_reason(
 
 
 def test_an_image_that_cannot_be_pulled_names_image_pull_back_off_and_the_old_image_serves(cluster: Cluster) -> None:
-    cluster.target(image="registry.example/shipyard:0.1.0").roll_out(V1, EXAMPLE)
-    broken = cluster.target(image="registry.example/shipyard:0.2.0-typo")
+    cluster.target(inference_image="registry.example/shipyard:0.1.0").roll_out(V1, EXAMPLE)
+    broken = cluster.target(inference_image="registry.example/shipyard:0.2.0-typo")
     cluster.outcomes["2"] = "pull"
     with pytest.raises(KubeError, match=r'ImagePullBackOff: Back-off pulling image "registry\.example/shipyard:'
                                         r'0\.2\.0-typo"') as caught:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -83,15 +84,51 @@ def test_each_image_runs_as_a_non_root_user(dockerfile: Path) -> None:
     assert users and users[-1].split(":")[0] not in {"0", "root"}
 
 
-def test_the_inference_image_installs_the_serving_extra_not_a_list_of_its_own() -> None:
+def test_the_inference_image_installs_the_serving_extra_and_the_project_without_its_dependencies() -> None:
     text = (DOCKER / "Dockerfile.inference").read_text()
-    installs = re.findall(r"pip install (.*)", text)
-    assert any('"./[serving]"' in line for line in installs)
+    installs = re.findall(r"pip install (.*?)(?: \\|$)", text, re.MULTILINE)
+    assert "['optional-dependencies']['serving']" in text  # the list is read from pyproject.toml, not kept here
+    assert any(line.split()[-2:] == ["-r", "/tmp/serving.txt"] for line in installs), installs
+    assert any(line.split()[-2:] == ["--no-deps", "./"] for line in installs), installs
     torch = PYPROJECT["project"]["dependencies"]
     for line in installs:  # nothing else but the CPU build of the torch the project tests with
-        packages = [w for w in line.split() if not w.startswith("-") and "://" not in w and w != '"./[serving]"']
+        packages = [w for w in line.split() if not w.startswith("-") and "://" not in w and w not in ("./",
+                                                                                                    "/tmp/serving.txt")]
         assert packages in ([], ["torch==2.13.0"]), line
     assert Version("2.13.0") in next(Requirement(d) for d in torch if d.startswith("torch")).specifier
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Return the distributions these requirements install, transitively (as installed here, markers honoured)."""
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo.extend(Requirement(r) for r in metadata.requires(req.name) or [])
+        except metadata.PackageNotFoundError:
+            continue  # declared but not installed here (a platform-only dependency)
+    return seen
+
+
+# Imported when present, never required: the image runs without them.
+OPTIONAL_IMPORTS = {"sniffio": "anyio and httpcore import it inside try/except and run without it"}
+
+
+def test_the_inference_pod_imports_nothing_the_serving_extra_does_not_install() -> None:
+    serving = _closure(PYPROJECT["project"]["optional-dependencies"]["serving"])
+    assert "prefect" not in serving and "prefect-kubernetes" not in serving and "lightkube" not in serving
+    probe = ("import sys, shipyard.serving.__main__, shipyard.serving.app; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    modules = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                             timeout=120).stdout.split()
+    owners = metadata.packages_distributions()
+    imported = {d.lower().replace("_", "-") for m in modules for d in owners.get(m, []) if m != "shipyard"}
+    assert imported - set(OPTIONAL_IMPORTS) <= serving, sorted(imported - serving)
 
 
 def test_the_mlflow_server_runs_the_release_the_clients_do() -> None:

@@ -152,7 +152,8 @@ def test_gpu_pods_land_on_the_inference_node_group_with_toleration_limit_and_ser
     assert container["resources"] == {"requests": {"cpu": "3", "memory": "12Gi"},
                                       "limits": {"memory": "12Gi", "nvidia.com/gpu": 1}}
     assert spec["serviceAccountName"] == "shipyard-inference"
-    assert container["image"] == "123.dkr.ecr.aws/shipyard:0.1.0"
+    # The inference image (no Prefect, no training stack), not SHIPYARD_IMAGE: named as docs/cluster.md builds it.
+    assert container["image"] == "123.dkr.ecr.aws/shipyard-inference:0.1.0"
     assert container["command"] == ["python", "-m", "shipyard.serving"]
 
 
@@ -295,3 +296,14 @@ def test_the_server_accepts_the_pods_arguments(monkeypatch: pytest.MonkeyPatch) 
         main(container["args"])
     parsed = caught.value.args[0]
     assert (parsed.model_uri, parsed.host, parsed.port) == ("models:/digits/7", "0.0.0.0", 8080)
+
+
+@pytest.mark.parametrize(("image", "inference_image", "expected"), [
+    ("123.dkr.ecr.us-west-2.amazonaws.com/shipyard:0.1.0", None,
+     "123.dkr.ecr.us-west-2.amazonaws.com/shipyard-inference:0.1.0"),
+    ("registry:5000/shipyard", None, "registry:5000/shipyard-inference:latest"),
+    ("shipyard:0.1.0", "ghcr.io/team/serve:7", "ghcr.io/team/serve:7"),
+])
+def test_the_inference_pods_run_the_inference_image(image: str, inference_image: str | None, expected: str) -> None:
+    pod = inference.pod_template(settings(image=image, inference_image=inference_image), "m", "1")
+    assert pod["spec"]["containers"][0]["image"] == expected
