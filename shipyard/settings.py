@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         description="Image of the inference pods (infra/docker/Dockerfile.inference: the serving app, no Prefect, "
         "no training stack). Default: SHIPYARD_IMAGE's repository with '-inference' appended, same tag.",
     )
+    inference_mlflow_tracking_uri: str | None = Field(
+        json_schema_extra=CLUSTER, default=None,
+        description="MLflow URI the inference pods load models from, when they reach MLflow by another name than "
+        "the pipeline (dedicated topology: the training cluster's internal load balancer). Default: "
+        "SHIPYARD_MLFLOW_TRACKING_URI.",
+    )
     inference_replicas: int = Field(
         json_schema_extra=CLUSTER, default=2, ge=1, le=100,
         description="Replicas of the inference Deployment on Kubernetes."

@@ -36,13 +36,19 @@ _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 
 
 def cluster_tracking_uri(settings: Settings) -> str:
-    """Return the MLflow URI inference pods use; refuse a local database or one carrying credentials."""
-    uri = settings.resolved_mlflow_uri()
+    """Return the MLflow URI inference pods use; refuse a local database or one carrying credentials.
+
+    In the dedicated topology the inference cluster reaches MLflow by another name (the training cluster's
+    internal load balancer) than the pipeline does: SHIPYARD_INFERENCE_MLFLOW_TRACKING_URI, when set.
+    """
+    variable = "SHIPYARD_INFERENCE_MLFLOW_TRACKING_URI" if settings.inference_mlflow_tracking_uri \
+        else "SHIPYARD_MLFLOW_TRACKING_URI"
+    uri = settings.inference_mlflow_tracking_uri or settings.resolved_mlflow_uri()
     if not uri.startswith(("http://", "https://", "databricks")):
-        raise ConfigError(f"SHIPYARD_MLFLOW_TRACKING_URI={redact(uri)} is not a server inference pods can reach; "
+        raise ConfigError(f"{variable}={redact(uri)} is not a server inference pods can reach; "
                           "set it to the MLflow server's http(s) URL")
     if redact(uri) != uri:
-        raise ConfigError("SHIPYARD_MLFLOW_TRACKING_URI carries credentials: the Deployment's spec is readable in "
+        raise ConfigError(f"{variable} carries credentials: the Deployment's spec is readable in "
                           "the cluster, so give pods credentials through IRSA or a Kubernetes secret instead")
     return uri
 

@@ -10,7 +10,8 @@ from shipyard.settings import LOCAL_ONLY, Settings, cluster_fields
 
 # What a pipeline or training pod must see as the deploying machine set it (stated here, on purpose, twice).
 CROSSING = {"store_uri", "store_max_attempts", "mlflow_tracking_uri", "mlflow_experiment", "train_mode",
-            "train_work_pool", "image", "inference_image", "kube_namespace", "rollout_target", "inference_replicas",
+            "train_work_pool", "image", "inference_image", "inference_mlflow_tracking_uri",
+            "kube_namespace", "rollout_target", "inference_replicas",
             "inference_gpus", "inference_cpu", "inference_memory", "inference_progress_deadline_seconds"}
 
 
@@ -34,7 +35,8 @@ def test_the_pods_get_the_inference_settings_and_always_roll_out_to_the_cluster(
     assert env["SHIPYARD_TRAIN_MODE"] == "cluster"
     assert (env["SHIPYARD_INFERENCE_REPLICAS"], env["SHIPYARD_INFERENCE_GPUS"], env["SHIPYARD_INFERENCE_MEMORY"]) \
         == ("3", "0", "2Gi")
-    assert set(env) == {f"SHIPYARD_{name.upper()}" for name in CROSSING - {"inference_image"}}  # unset: None
+    unset = {"inference_image", "inference_mlflow_tracking_uri"}  # None here: not crossed
+    assert set(env) == {f"SHIPYARD_{name.upper()}" for name in CROSSING - unset}
     assert "s3cr3t-token" not in str(env)
     # What the pod reads back is what this machine had, field by field.
     crossed = Settings(**{k.removeprefix("SHIPYARD_").lower(): v for k, v in env.items()})

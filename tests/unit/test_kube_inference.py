@@ -223,6 +223,15 @@ def test_the_tracking_uri_reaches_the_pod_through_env_and_credentials_are_refuse
     assert "s3cret" not in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_dedicated_inference_cluster_gets_its_own_mlflow_uri_and_the_pipeline_keeps_its_own() -> None:
+    internal = "http://internal-mlflow-0123.elb.us-west-2.amazonaws.com:5000"
+    env = {e["name"]: e["value"]
+           for e in pod_spec(rendered(inference_mlflow_tracking_uri=internal)[0])["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == env["MLFLOW_REGISTRY_URI"] == internal
+    with pytest.raises(ConfigError, match=r"^SHIPYARD_INFERENCE_MLFLOW_TRACKING_URI carries credentials"):
+        rendered(inference_mlflow_tracking_uri="https://bob:pw@mlflow.example")
+
+
 def test_a_local_mlflow_database_is_refused_naming_the_setting(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match=r"SHIPYARD_MLFLOW_TRACKING_URI=sqlite:.* is not a server inference pods"):
         rendered(mlflow_tracking_uri=None, home=tmp_path)
