@@ -103,6 +103,9 @@ def _cluster_pool_template(spec: DeploymentSpec) -> dict[str, Any]:
 # On a cluster both are fixed, whatever this machine uses: training goes to the GPU pool, and the rollout to the
 # inference node group (a local target would serve inside the pipeline pod and die with it).
 _CLUSTER_OVERRIDES = {"train_mode": "cluster", "rollout_target": "kubernetes"}
+# Dedicated topology: the pipeline pod reads the inference cluster's kubeconfig from the Secret the pipeline job
+# template mounts (deployments/templates/pipeline.json), not from this machine's path.
+INFERENCE_KUBECONFIG_IN_POD = "/etc/shipyard/inference/config"
 
 
 def cluster_env(settings: Settings) -> dict[str, str]:
@@ -117,6 +120,10 @@ def cluster_env(settings: Settings) -> dict[str, str]:
             raise ConfigError(f"{variable} carries credentials: job variables are visible in the Prefect UI, so "
                               "give pods credentials through IRSA or a Kubernetes secret instead")
         env[variable] = str(value)
+    if settings.inference_kubeconfig or settings.inference_kube_context:
+        env["SHIPYARD_INFERENCE_KUBECONFIG"] = INFERENCE_KUBECONFIG_IN_POD
+        if settings.inference_kube_context:
+            env["SHIPYARD_INFERENCE_KUBE_CONTEXT"] = settings.inference_kube_context
     return env
 
 

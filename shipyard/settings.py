@@ -55,10 +55,10 @@ LOCAL_ONLY: dict[str, str] = {
     "serving_timeout_seconds": "the local inference server's limit (inference pods take server arguments)",
     "serving_token": "a secret of the local inference server: never a job variable, which the Prefect UI shows",
     "local_pipeline_cron": "the local deployment's schedule",
-    "inference_kube_context": "names a context of this machine's kubeconfig; a pod has none (dedicated topology: "
-                              "not yet mounted into the pipeline pod)",
-    "inference_kubeconfig": "a path on this machine; a pod has none (dedicated topology: not yet mounted into the "
-                            "pipeline pod)",
+    "inference_kube_context": "crosses only with a dedicated inference cluster, beside the kubeconfig the pipeline "
+                              "pod mounts from a Secret (deployments/apply.py)",
+    "inference_kubeconfig": "a path on this machine; a pipeline pod reads the mounted Secret's copy instead "
+                            "(deployments/apply.py)",
 }
 
 

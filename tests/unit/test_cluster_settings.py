@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from deployments.apply import cluster_env
+from deployments.apply import INFERENCE_KUBECONFIG_IN_POD, cluster_env
 from shipyard.errors import ConfigError
 from shipyard.settings import LOCAL_ONLY, Settings, cluster_fields
+from tests.unit.test_kube_job_template import render
 
 # What a pipeline or training pod must see as the deploying machine set it (stated here, on purpose, twice).
 CROSSING = {"store_uri", "store_max_attempts", "mlflow_tracking_uri", "mlflow_experiment", "train_mode",
@@ -47,3 +50,18 @@ def test_the_pods_get_the_inference_settings_and_always_roll_out_to_the_cluster(
 def test_a_crossing_value_with_credentials_is_refused_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"^SHIPYARD_MLFLOW_TRACKING_URI carries credentials"):
         cluster_env(Settings(mlflow_tracking_uri="https://user:pw@mlflow.example.com"))
+
+
+def test_a_dedicated_inference_cluster_reaches_the_pipeline_pod_as_the_mounted_kubeconfig(tmp_path: Path) -> None:
+    settings = Settings(inference_kubeconfig=tmp_path / "inference.yaml", inference_kube_context="shipyard-inference")
+    env = cluster_env(settings)
+    assert env["SHIPYARD_INFERENCE_KUBECONFIG"] == INFERENCE_KUBECONFIG_IN_POD  # not this machine's path
+    assert env["SHIPYARD_INFERENCE_KUBE_CONTEXT"] == "shipyard-inference"
+    assert str(tmp_path) not in str(env)
+    assert "SHIPYARD_INFERENCE_KUBECONFIG" not in cluster_env(Settings())  # unified: the pod's own cluster
+    job = render({"image": "shipyard:0.1.0"}, template="pipeline")
+    pod = job["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "inference-kubeconfig"]
+    assert volume["secret"] == {"secretName": "inference-kubeconfig", "optional": True, "defaultMode": 0o440}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "inference-kubeconfig"]
+    assert (mount["mountPath"], mount["readOnly"]) == (str(Path(INFERENCE_KUBECONFIG_IN_POD).parent), True)
