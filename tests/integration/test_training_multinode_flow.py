@@ -90,7 +90,9 @@ def test_several_nodes_train_through_an_indexed_job_and_publish_nodes_and_per_ra
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SHIPYARD_STORE_URI"] == str(tmp_path / "store")
-    run_id = job["metadata"]["labels"]["prefect.io/flow-run-id"]
+    # Shipyard's run label, not Prefect's (whose observer would crash the flow when an attempt's Job is deleted).
+    assert "prefect.io/flow-run-id" not in job["metadata"]["labels"]
+    run_id = job["metadata"]["labels"]["shipyard.dev/flow-run-id"]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run_id).name  # labelled with the train flow run that launched it
     store = filesystem(Settings(store_uri=str(tmp_path / "store")))
