@@ -296,6 +296,22 @@ def test_an_orphaning_delete_keeps_the_pods(twin: Twin) -> None:
     assert pod["status"]["phase"] == "Running" and "ownerReferences" not in pod["metadata"]
 
 
+def test_a_suspended_job_runs_no_pods_until_resumed(twin: Twin) -> None:
+    twin.store.create("jobs", job("train", suspend=True, activeDeadlineSeconds=60))
+    twin.settle()
+    assert twin.pods(**{"job-name": "train"}) == []
+    assert condition(twin.get("jobs", "train"), "Suspended")["status"] == "True"
+    twin.clock.advance(600)  # a suspended Job's deadline does not run
+    twin.settle()
+    resumed = copy.deepcopy(twin.get("jobs", "train"))
+    resumed["spec"]["suspend"] = False
+    twin.store.update("jobs", resumed)
+    twin.settle()
+    assert len(twin.pods(**{"job-name": "train"})) == 1
+    assert condition(twin.get("jobs", "train"), "Suspended")["reason"] == "JobResumed"
+    assert not has_true(twin.get("jobs", "train"), "Failed")
+
+
 # -- Deployments ----------------------------------------------------------------------------------------------
 
 def deployment(name: str, replicas: int = 2, image: str = "shipyard:1", cpu: str = "1", **spec: Any) -> Obj:
@@ -401,6 +417,19 @@ def test_a_replicaset_whose_pods_admission_refuses_reports_failed_create(twin: T
     failure = condition(twin.get("deployments", "web"), "ReplicaFailure")
     assert (failure["status"], failure["reason"]) == ("True", "FailedCreate")
     assert condition(twin.get("deployments", "web"), "Available")["status"] == "False"
+
+
+def test_a_settled_cluster_stays_still_as_time_passes_and_reports_its_budget(twin: Twin) -> None:
+    twin.store.create("deployments", deployment("web"))
+    twin.store.create("poddisruptionbudgets", {"metadata": {"name": "web", "namespace": NS}, "spec": {
+        "minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}})
+    twin.store.create("jobs", job("idle", suspend=True))
+    twin.settle()
+    budget = twin.get("poddisruptionbudgets", "web")["status"]
+    assert {k: budget[k] for k in ("currentHealthy", "desiredHealthy", "disruptionsAllowed", "expectedPods")} == {
+        "currentHealthy": 2, "desiredHealthy": 1, "disruptionsAllowed": 1, "expectedPods": 2}
+    twin.clock.advance(3600)
+    assert not twin.manager.sync(), "a controller rewrote an object that had nothing new to say"
 
 
 # -- Endpoints ------------------------------------------------------------------------------------------------

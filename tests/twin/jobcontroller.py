@@ -323,12 +323,15 @@ class JobController:
         conditions = status.get("conditions", [])
         suspended = next((c for c in conditions if c["type"] == "Suspended"), None)
         if s.spec.get("suspend") and s.finished is None:
-            status["conditions"] = set_condition(conditions, "Suspended", "True", "JobSuspended", "Job suspended", now,
-                                                 lastProbeTime=now)
+            if suspended is None or suspended["status"] != "True":
+                status["conditions"] = set_condition(conditions, "Suspended", "True", "JobSuspended",
+                                                     "Job suspended", now, lastProbeTime=now)
+                self.ctx.event(s.job, "Normal", "Suspended", "Job suspended", COMPONENT)
         elif suspended is not None and suspended["status"] == "True":
             status["conditions"] = set_condition(conditions, "Suspended", "False", "JobResumed", "Job resumed", now,
                                                  lastProbeTime=now)
-            status["startTime"] = now
+            status["startTime"] = now  # activeDeadlineSeconds counts from the resume
+            self.ctx.event(s.job, "Normal", "Resumed", "Job resumed", COMPONENT)
 
     def _finish(self, s: _Sync, held: int) -> None:
         if s.finished is None:
