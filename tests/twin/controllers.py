@@ -23,7 +23,7 @@ import copy
 import logging
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.twin import karpenter
 from tests.twin.controlkit import (
@@ -45,6 +45,9 @@ from tests.twin.jobcontroller import JobController
 from tests.twin.resources import BY_KIND, RESOURCES
 from tests.twin.scheduler import place, unschedulable_condition
 from tests.twin.store import Store
+
+if TYPE_CHECKING:
+    from tests.twin import karpenter
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,7 @@ class SchedulingLoop:
         pools = self.ctx.items("nodepools")
         if not left or not pools:
             return
+        from tests.twin import karpenter  # only a cluster with NodePools needs the provisioner
         for launch, pod in zip(karpenter.provision(left, pools, self.ctx.items("nodes"), self.cluster), left,
                                strict=True):
             if launch.node is not None and self.ctx.store.get("nodes", "", launch.node["metadata"]["name"]) is None:
