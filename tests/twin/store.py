@@ -416,6 +416,17 @@ class Store:
                 return copy.deepcopy(current)
             removed = self.remove(plural, namespace, name, cascade=propagation != "Orphan")
             assert removed is not None
+            if propagation == "Orphan":  # the orphan finalizer: dependents lose the reference, so the GC keeps them
+                uid = removed["metadata"]["uid"]
+                for key, obj in list(self.objects.items()):
+                    refs = obj["metadata"].get("ownerReferences") or []
+                    if any(r.get("uid") == uid for r in refs):
+                        kept = [r for r in refs if r.get("uid") != uid]
+                        changed = {**copy.deepcopy(obj), "metadata": {**copy.deepcopy(obj["metadata"]),
+                                                                      "ownerReferences": kept}}
+                        if not kept:
+                            changed["metadata"].pop("ownerReferences")
+                        self.put(key[0], changed)
             return removed
 
     # -- logs ---------------------------------------------------------------------------------------------
