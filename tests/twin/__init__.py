@@ -30,6 +30,12 @@ Modules (each owns one concern; they meet only through the object store and the 
     network.py     pod IPs and Service ClusterIPs on loopback addresses, kube-proxy forwarding, and cluster
                    DNS names for processes inside pods (a hook the pod images load).
 
+    Beside them: resources.py (the resource table, selector parsing), handlers.py (the API's verbs), ssa.py
+    (server-side apply field ownership), quantity.py (Kubernetes quantities), karpenter.py (NodePool
+    provisioning), controlkit.py (clock, events, pod creation through admission, shared by the controllers),
+    jobcontroller.py and deploycontroller.py (the controllers' halves), helm.py (the Prefect charts' objects),
+    docsteps.py (docs/cluster.md as commands). Not written yet: kubelet.py and images.py.
+
 Hooks between them: the store calls ``admit_pod(namespace, pod) -> str | None`` (None: admitted, else the
 API server's Forbidden message) for every pod before it is stored, and controllers that create pods record
 a refusal as a ``FailedCreate`` event on the owner, as kube-controller-manager does. The scheduler is called
