@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import httpx
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -343,8 +341,4 @@ def serve(store: Store | None = None) -> Iterator[Twin]:
         server.server_close()
 
 
-def kubeconfig_yaml(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config)
-
-
-__all__ = ["ADMIN", "Twin", "httpx", "parse_path", "serve", "verb_of"]
+__all__ = ["ADMIN", "Twin", "parse_path", "serve", "verb_of"]
