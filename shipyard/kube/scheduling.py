@@ -49,13 +49,18 @@ def unschedulable_reason(pod: Pod) -> str | None:
     return None
 
 
-def scheduler_message(client: Client, namespace: str, pod_name: str) -> str | None:
-    """Return the newest FailedScheduling event's message for the pod, if the API kept one."""
-    with translate(f"list events of pod {namespace}/{pod_name}"):
-        events = [e for e in client.list(Event, namespace=namespace, fields={"involvedObject.name": pod_name})
-                  if e.reason == "FailedScheduling" and e.message]
+def newest_event_message(client: Client, namespace: str, kind: str, name: str, reason: str) -> str | None:
+    """Return the message of the newest ``reason`` event about the ``kind`` object ``name``, if the API kept one."""
+    with translate(f"list events of {kind.lower()} {namespace}/{name}"):
+        events = [e for e in client.list(Event, namespace=namespace, fields={"involvedObject.name": name})
+                  if e.reason == reason and e.message and (e.involvedObject.kind or kind) == kind]
     events.sort(key=lambda e: str(e.lastTimestamp or e.eventTime or ""))
     return events[-1].message if events else None
+
+
+def scheduler_message(client: Client, namespace: str, pod_name: str) -> str | None:
+    """Return the newest FailedScheduling event's message for the pod, if the API kept one."""
+    return newest_event_message(client, namespace, "Pod", pod_name, "FailedScheduling")
 
 
 @dataclass
@@ -109,12 +114,8 @@ class SchedulingWatch:
         A refusal never resolves by waiting (the pod spec is what is refused), while the Job stays active with no
         pods until activeDeadlineSeconds: so it fails the run at once.
         """
-        with translate(f"list events of job {self.namespace}/{job_name}"):
-            events = [e for e in self.client.list(Event, namespace=self.namespace,
-                                                  fields={"involvedObject.name": job_name})
-                      if e.reason == "FailedCreate" and e.message and e.involvedObject.kind == "Job"]
-        events.sort(key=lambda e: str(e.lastTimestamp or e.eventTime or ""))
-        return " ".join(events[-1].message.split()) if events and events[-1].message else None
+        message = newest_event_message(self.client, self.namespace, "Job", job_name, "FailedCreate")
+        return " ".join(message.split()) if message else None
 
     def _delete(self, job_name: str) -> None:
         with translate(f"delete job {self.namespace}/{job_name}"):
