@@ -17,7 +17,7 @@ from shipyard import __version__
 from shipyard.errors import ShipyardError
 
 COMMANDS = ["shipyard.cli.pipeline", "shipyard.cli.local", "shipyard.cli.data", "shipyard.cli.models",
-            "shipyard.cli.rollout", "shipyard.cli.schedule"]
+            "shipyard.cli.rollout", "shipyard.cli.schedule", "shipyard.cli.cluster"]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -53,6 +53,8 @@ _ALL = [
     Resource("priorityclasses", "scheduling.k8s.io", "v1", "PriorityClass", False),
     Resource("selfsubjectaccessreviews", "authorization.k8s.io", "v1", "SelfSubjectAccessReview", False, (), True),
     Resource("subjectaccessreviews", "authorization.k8s.io", "v1", "SubjectAccessReview", False, (), True),
+    Resource("storageclasses", "storage.k8s.io", "v1", "StorageClass", False),
+    Resource("persistentvolumeclaims", "", "v1", "PersistentVolumeClaim", True, ("status",)),
     Resource("nodepools", "karpenter.sh", "v1", "NodePool", False, ("status",)),
     Resource("nodeclaims", "karpenter.sh", "v1", "NodeClaim", False, ("status",)),
     Resource("ec2nodeclasses", "karpenter.k8s.aws", "v1", "EC2NodeClass", False, ("status",)),
