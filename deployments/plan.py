@@ -32,6 +32,9 @@ def _job_pod(template: dict[str, Any], variables: dict[str, Any]) -> dict[str, A
                 if "default" in v}
     job: dict[str, Any] = apply_values(template["job_configuration"]["job_manifest"], {**defaults, **variables})
     pod: dict[str, Any] = job["spec"]["template"]
+    for container in pod["spec"].get("containers", []):  # the worker turns the env mapping into a list
+        if isinstance(container.get("env"), dict):
+            container["env"] = [{"name": k, "value": str(v)} for k, v in container["env"].items()]
     for field in ("parallelism", "completions"):  # prefect-kubernetes' pod-spec keys, which the API server drops
         pod["spec"].pop(field, None)
     return pod
