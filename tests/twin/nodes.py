@@ -7,7 +7,8 @@ runs: eksctl installs its DaemonSet when the ClusterConfig has a (managed) node 
 on an AL2/AL2023 AMI (eksctl pkg/eks/tasks.go ``ClusterTasksForNodeGroups``, default ``--install-nvidia-plugin``),
 and never for GPU nodes that only Karpenter launches; the DaemonSet it applies (pkg/addons/assets/
 nvidia-device-plugin.yaml) has no nodeSelector and tolerates ``nvidia.com/gpu:NoSchedule``, so it runs on
-every node, Karpenter's included, and advertises the GPUs of those that have them.
+every node, Karpenter's included, and advertises the GPUs of those that have them. A device plugin applied with
+kubectl (infra/k8s/nvidia-device-plugin.yaml, where eksctl installs none) counts the same way wherever it runs.
 
 Karpenter NodePools (karpenter.sh/v1) live in ``tests.twin.karpenter``.
 """
@@ -236,12 +237,14 @@ def _group_nodes(cluster_config: Mapping[str, Any], group: Mapping[str, Any], fi
     return nodes
 
 
-def nodes_from_infra(cluster_config: Mapping[str, Any],
-                     device_plugin: bool | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def nodes_from_infra(cluster_config: Mapping[str, Any], device_plugin: bool | Mapping[str, Any] | None = None,
+                     daemonsets: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """Return the nodes of an eksctl ClusterConfig's managed node groups at their desiredCapacity.
 
     ``device_plugin``: None (default) advertises GPUs where the DaemonSet that eksctl itself installs runs;
     a DaemonSet dict, where that one runs; True or False forces GPUs on every GPU node, or on none.
+    ``daemonsets``: DaemonSets applied to the cluster after eksctl made it (``kubectl apply``); a device plugin
+    among them advertises GPUs where it runs too (unless ``device_plugin`` forces them).
     """
     nodes: list[dict[str, Any]] = []
     for group in cluster_config.get("managedNodeGroups") or []:
@@ -250,7 +253,8 @@ def nodes_from_infra(cluster_config: Mapping[str, Any],
         forced = [device_plugin_daemonset([{"operator": "Exists"}])] if device_plugin else []
         return [advertise_gpus(n, forced) for n in nodes]
     plugin = eksctl_device_plugin(cluster_config) if device_plugin is None else device_plugin
-    return [advertise_gpus(n, [plugin] if plugin else []) for n in nodes]
+    running = [*([plugin] if plugin else []), *daemonsets]
+    return [advertise_gpus(n, running) for n in nodes]
 
 
 def role_of(node: Mapping[str, Any]) -> str | None:

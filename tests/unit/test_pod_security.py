@@ -39,6 +39,8 @@ def _workloads() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in kubernetes_manifests():
         for document in load_all(path):
+            if document["metadata"].get("namespace") == "kube-system":  # node agents: see the device plugin test
+                continue
             for pod in pod_specs(document):
                 found.append((f"{path.relative_to(INFRA)}:{document['kind']}/{document['metadata']['name']}", pod))
     return found
@@ -47,6 +49,16 @@ def _workloads() -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize("name, pod", _workloads(), ids=[n for n, _ in _workloads()])
 def test_every_workload_under_infra_meets_the_restricted_profile(name: str, pod: dict[str, Any]) -> None:
     assert restricted_violations(pod) == []
+
+
+def test_the_device_plugin_departs_from_the_restricted_profile_only_as_a_node_agent_must() -> None:
+    # kube-system enforces no Pod Security level; the plugin writes its socket into the kubelet's directory.
+    plugin = load_all(INFRA / "k8s" / "nvidia-device-plugin.yaml")[0]
+    assert plugin["metadata"]["namespace"] == "kube-system"
+    volumes = plugin["spec"]["template"]["spec"]["volumes"]
+    assert [v["hostPath"]["path"] for v in volumes] == ["/var/lib/kubelet/device-plugins"]
+    assert [v.split(" (")[0] for v in restricted_violations(plugin["spec"]["template"]["spec"])] == [
+        "hostPath volumes", "restricted volume types", "runAsNonRoot != true", "seccompProfile"]
 
 
 def test_infra_has_workloads_to_check() -> None:

@@ -2,7 +2,8 @@
 
 Each test shows an enforcement catching the mistake it exists for: a pod without the GPU toleration, a GPU
 request with no room, a Deployment surge beyond the node group, a NodePool at its limit, GPUs without a device
-plugin. Two strict xfails record defects in today's infra/ (they pass, and so fail, once infra/ is fixed).
+plugin; and that infra/ as docs/cluster.md applies it gives the dedicated training cluster's GPUs a device plugin and
+the inference groups room for the rolling update's surge.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import pytest
 
 from shipyard.kube import inference
 from shipyard.settings import Settings
-from tests.infra import CLUSTER_CONFIGS, INFRA, load_all
-from tests.twin import karpenter
+from tests.infra import CLUSTER_CONFIGS, INFRA, REPO, load_all
+from tests.twin import docsteps, karpenter
 from tests.twin.nodes import (
     GPU,
     UnknownInstanceType,
     allocatable,
+    daemonset_runs_on,
     eksctl_device_plugin,
     instance_type,
     nodes_from_infra,
@@ -61,10 +63,54 @@ def schedule_all(pods: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> lis
     return out
 
 
+def documented_daemonsets() -> dict[str, list[dict[str, Any]]]:
+    """Return, by cluster name, the DaemonSets docs/cluster.md applies with kubectl, loaded from infra/.
+
+    A command without --context goes to the cluster the last ``eksctl create cluster`` made (eksctl makes its
+    context current); --context names one that ``kubectl config rename-context`` named.
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    contexts: dict[str, str] = {}
+    current = ""
+    for command in (c for step in docsteps.steps() for c in step.commands):
+        argv = command.argv
+        if command.kind == "eksctl-create-cluster":
+            current = load_all(REPO / command.files[0])[0]["metadata"]["name"]
+        elif command.kind == "kubectl-config-rename-context":
+            contexts[argv[-1]] = current
+        elif command.kind == "kubectl-apply":
+            target = contexts[argv[argv.index("--context") + 1]] if "--context" in argv else current
+            found.setdefault(target, []).extend(
+                d for path in command.files for d in load_all(REPO / path) if d["kind"] == "DaemonSet")
+    return found
+
+
+APPLIED = documented_daemonsets()
+
+
+def applied(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the DaemonSets the docs apply to this cluster after eksctl made it."""
+    return APPLIED.get(config["metadata"]["name"], [])
+
+
 def cluster_for(config: dict[str, Any]) -> karpenter.Cluster:
     plugin = eksctl_device_plugin(config)
     return karpenter.Cluster(cidr=config.get("vpc", {}).get("cidr", "192.168.0.0/16"),
-                             daemonsets=[plugin] if plugin else [], disk_gib=TRAIN_CLASS_DISK)
+                             daemonsets=[*([plugin] if plugin else []), *applied(config)], disk_gib=TRAIN_CLASS_DISK)
+
+
+MISMATCH = "node(s) didn't match Pod's node affinity/selector"
+NOT_HELPFUL = "Preemption is not helpful for scheduling"
+
+
+def reasons(counts: dict[str, int]) -> str:
+    """Return the scheduler's reasons as kube-scheduler's FitError joins them: "<count> <reason>", sorted."""
+    return ", ".join(sorted(f"{count} {reason}" for reason, count in counts.items()))
+
+
+def group_size(config: dict[str, Any], role: str) -> int:
+    """Return how many nodes the config's managed node groups of this role start with."""
+    return sum(int(g["desiredCapacity"]) for g in config["managedNodeGroups"] if g["labels"]["role"] == role)
 
 
 # --- nodes from infra/ -------------------------------------------------------------------------------------
@@ -84,14 +130,16 @@ def test_an_unknown_instance_type_is_an_error_naming_it() -> None:
         nodes_from_infra(config)
 
 
-@pytest.mark.parametrize(("config", "roles"), [(UNIFIED, ["system", "system", "inference"]),
-                                               (DEDICATED_TRAINING, ["system", "system"]),
-                                               (DEDICATED_INFERENCE, ["system", "inference", "inference"])],
+@pytest.mark.parametrize(("config", "roles"), [(UNIFIED, {"system", "inference"}),
+                                               (DEDICATED_TRAINING, {"system"}),
+                                               (DEDICATED_INFERENCE, {"system", "inference"})],
                          ids=["unified", "dedicated-training", "dedicated-inference"])
 def test_node_groups_appear_at_their_desired_size_with_the_role_the_templates_select(
-        config: dict[str, Any], roles: list[str]) -> None:
+        config: dict[str, Any], roles: set[str]) -> None:
     nodes = nodes_from_infra(config)
-    assert [role_of(n) for n in nodes] == roles
+    assert [role_of(n) for n in nodes] == [g["labels"]["role"] for g in config["managedNodeGroups"]
+                                           for _ in range(int(g["desiredCapacity"]))]
+    assert {role_of(n) for n in nodes} == roles
     inference_nodes = [n for n in nodes if role_of(n) == "inference"]
     for node in inference_nodes:
         labels = node["metadata"]["labels"]
@@ -113,10 +161,11 @@ def test_a_gpu_node_group_without_a_device_plugin_advertises_no_gpus_and_gpu_pod
     assert all(GPU not in n["status"]["allocatable"] for n in nodes)
     placement = place(inference_pods(1)[0], nodes, {})
     assert placement.node is None
+    gpu, other = group_size(UNIFIED, "inference"), group_size(UNIFIED, "system")
     assert placement.message == (
-        "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node(s) didn't match Pod's node "
-        "affinity/selector. no new claims to deallocate, preemption: 0/3 nodes are available: "
-        "1 No preemption victims found for incoming pod, 2 Preemption is not helpful for scheduling.")
+        f"0/{gpu + other} nodes are available: {reasons({'Insufficient nvidia.com/gpu': gpu, MISMATCH: other})}. "
+        f"no new claims to deallocate, preemption: 0/{gpu + other} nodes are available: "
+        f"{reasons({'No preemption victims found for incoming pod': gpu, NOT_HELPFUL: other})}.")
 
 
 def test_a_device_plugin_daemonset_decides_by_its_own_selector_which_nodes_advertise() -> None:
@@ -134,7 +183,7 @@ def test_a_training_pod_lands_only_on_a_node_karpenter_launches_for_the_train_po
     pod = training_pod()
     before = place(pod, nodes, {})
     assert before.node is None
-    assert before.message.startswith("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.")
+    assert before.message.startswith(f"0/{len(nodes)} nodes are available: {len(nodes)} {MISMATCH}.")
     [launch] = karpenter.provision([pod], [TRAIN_POOL], nodes, cluster_for(UNIFIED))
     assert launch.node is not None, launch.message
     labels = launch.node["metadata"]["labels"]
@@ -169,10 +218,11 @@ def test_a_gpu_request_with_no_room_left_stays_pending_with_the_schedulers_messa
     node = launch.node["metadata"]["name"]
     placement = place(training_pod("second"), [*nodes, launch.node], {node: [first]})
     assert placement.node is None
+    total, others = len(nodes) + 1, len(nodes)
     assert placement.message == (
-        "0/4 nodes are available: 1 Insufficient nvidia.com/gpu, 3 node(s) didn't match Pod's node "
-        "affinity/selector. no new claims to deallocate, preemption: 0/4 nodes are available: "
-        "1 No preemption victims found for incoming pod, 3 Preemption is not helpful for scheduling.")
+        f"0/{total} nodes are available: {reasons({'Insufficient nvidia.com/gpu': 1, MISMATCH: others})}. "
+        f"no new claims to deallocate, preemption: 0/{total} nodes are available: "
+        f"{reasons({'No preemption victims found for incoming pod': 1, NOT_HELPFUL: others})}.")
     finished = {**first, "status": {"phase": "Succeeded"}}
     assert place(training_pod("second"), [*nodes, launch.node], {node: [finished]}).node == node
 
@@ -214,14 +264,36 @@ def test_only_empty_nodes_without_do_not_disrupt_pods_are_consolidated() -> None
     assert karpenter.removable([TRAIN_POOL], new, {a: [held], b: []}) == [b]
 
 
-@pytest.mark.xfail(strict=True, reason="infra defect: the dedicated training cluster has no NVIDIA device plugin "
-                   "(eksctl installs it only for GPU node groups), so Karpenter's GPU nodes advertise no GPUs")
 def test_in_the_dedicated_topology_the_training_pod_gets_its_gpus() -> None:
-    nodes = nodes_from_infra(DEDICATED_TRAINING)
+    # eksctl installs no device plugin there: the one docs/cluster.md applies from infra/ advertises the GPUs.
+    [plugin] = applied(DEDICATED_TRAINING)
+    assert eksctl_device_plugin(DEDICATED_TRAINING) is None and plugin["metadata"]["namespace"] == "kube-system"
+    nodes = nodes_from_infra(DEDICATED_TRAINING, daemonsets=[plugin])
     pod = training_pod()
     [launch] = karpenter.provision([pod], [TRAIN_POOL], nodes, cluster_for(DEDICATED_TRAINING))
     assert launch.node is not None  # Karpenter launches: it assumes the GPUs will be advertised
+    assert int(launch.node["status"]["allocatable"][GPU]) >= int(str(TYPICAL["gpu_count"]))
     assert place(pod, [*nodes, launch.node], {}).node == launch.node["metadata"]["name"]
+
+
+def test_without_the_documented_device_plugin_the_dedicated_training_pod_stays_pending() -> None:
+    nodes = nodes_from_infra(DEDICATED_TRAINING)
+    pod = training_pod()
+    bare = karpenter.Cluster(cidr=DEDICATED_TRAINING["vpc"]["cidr"], disk_gib=TRAIN_CLASS_DISK)
+    [launch] = karpenter.provision([pod], [TRAIN_POOL], nodes, bare)
+    assert launch.node is not None and GPU not in launch.node["status"]["allocatable"]
+    assert "Insufficient nvidia.com/gpu" in place(pod, [*nodes, launch.node], {}).message
+
+
+def test_the_applied_device_plugin_runs_on_gpu_nodes_only() -> None:
+    [plugin] = applied(DEDICATED_TRAINING)
+    system = nodes_from_infra(DEDICATED_TRAINING, daemonsets=[plugin])
+    [launch] = karpenter.provision([training_pod()], [TRAIN_POOL], system, cluster_for(DEDICATED_TRAINING))
+    assert launch.node is not None
+    assert [daemonset_runs_on(plugin, n) for n in [*system, launch.node]] == [False] * len(system) + [True]
+    # The same file covers a GPU node group of either role (it would run on the inference group's nodes too).
+    assert all(daemonset_runs_on(plugin, n) for n in nodes_from_infra(DEDICATED_INFERENCE) if role_of(n) ==
+               "inference")
 
 
 # --- the inference Deployment on its node group ---------------------------------------------------------------
@@ -229,23 +301,26 @@ def test_in_the_dedicated_topology_the_training_pod_gets_its_gpus() -> None:
 
 def test_an_inference_pod_fits_the_unified_inference_group_and_one_beyond_its_gpus_does_not() -> None:
     nodes = nodes_from_infra(UNIFIED)
-    first, beyond = schedule_all(inference_pods(2), nodes)
-    assert first.node is not None and role_of(next(n for n in nodes if n["metadata"]["name"] == first.node)) == \
-        "inference"
+    gpu, other = group_size(UNIFIED, "inference"), group_size(UNIFIED, "system")
+    *placed, beyond = schedule_all(inference_pods(gpu + 1), nodes)
+    roles = {n["metadata"]["name"]: role_of(n) for n in nodes}
+    assert [roles.get(p.node or "") for p in placed] == ["inference"] * gpu
+    assert len({p.node for p in placed}) == gpu  # one per node
     assert beyond.node is None
     # A g6.xlarge holds one such pod on every count: 2 CPUs and 8Gi of 3920m and 15391Mi, 1 GPU of 1.
-    assert beyond.message.startswith("0/3 nodes are available: 1 Insufficient cpu, 1 Insufficient memory, "
-                                     "1 Insufficient nvidia.com/gpu, 2 node(s) didn't match Pod's node "
-                                     "affinity/selector.")
+    insufficient = {f"Insufficient {r}": gpu for r in ("cpu", "memory", GPU)}
+    assert beyond.message.startswith(f"0/{gpu + other} nodes are available: "
+                                     f"{reasons({**insufficient, MISMATCH: other})}.")
 
 
 @pytest.mark.parametrize("config", [UNIFIED, DEDICATED_INFERENCE], ids=["unified", "dedicated-inference"])
-@pytest.mark.xfail(strict=True, reason="infra defect: the inference node group's desiredCapacity (unified 1, "
-                   "dedicated 2) of g6.xlarge (1 GPU each) has no room for replicas=2 plus maxSurge=1")
 def test_the_inference_group_has_room_for_the_replicas_and_their_surge(config: dict[str, Any]) -> None:
     surge = inference.deployment(Settings(mlflow_tracking_uri="http://m:5000", image="i:1"), "m", "1")["spec"]
     wanted = surge["replicas"] + surge["strategy"]["rollingUpdate"]["maxSurge"]
     assert all(p.node for p in schedule_all(inference_pods(wanted), nodes_from_infra(config)))
+    # minSize holds them too: nothing scales the group up for the surge.
+    [group] = [g for g in config["managedNodeGroups"] if g["name"] == "inference"]
+    assert group["minSize"] >= wanted and group["maxSize"] >= group["desiredCapacity"] >= wanted
 
 
 # --- the scheduler's rules on their own -------------------------------------------------------------------------
