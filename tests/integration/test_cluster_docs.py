@@ -92,8 +92,6 @@ def _check(capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
     return code, out.splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason="infra defect the check finds: the inference node groups (unified 1, "
-                   "dedicated 2 g6.xlarge) hold fewer than replicas 2 + maxSurge 1 inference pods")
 @pytest.mark.parametrize("topology", ["unified", "dedicated"])
 def test_the_documented_cluster_passes_the_check_and_takes_the_deployments(
         topology: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
