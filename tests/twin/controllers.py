@@ -20,6 +20,7 @@ its processes and removes it); a pod never scheduled, or with no finalizers left
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 from types import TracebackType
@@ -152,7 +153,12 @@ class SchedulingLoop:
         if not left or not pools:
             return
         from tests.twin import karpenter  # only a cluster with NodePools needs the provisioner
-        for launch, pod in zip(karpenter.provision(left, pools, self.ctx.items("nodes"), self.cluster), left,
+        base = self.cluster or karpenter.Cluster()
+        # A new node runs the DaemonSets stored now too (a device plugin applied with kubectl advertises its GPUs).
+        running = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                   for d in [*base.daemonsets, *self.ctx.items("daemonsets")]}
+        cluster = dataclasses.replace(base, daemonsets=list(running.values()))
+        for launch, pod in zip(karpenter.provision(left, pools, self.ctx.items("nodes"), cluster), left,
                                strict=True):
             if launch.node is not None and self.ctx.store.get("nodes", "", launch.node["metadata"]["name"]) is None:
                 self.ctx.store.put("nodes", copy.deepcopy(launch.node))

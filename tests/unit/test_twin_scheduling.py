@@ -17,6 +17,7 @@ from shipyard.kube import inference
 from shipyard.settings import Settings
 from tests.infra import CLUSTER_CONFIGS, INFRA, REPO, load_all
 from tests.twin import docsteps, karpenter
+from tests.twin.controllers import ControllerManager
 from tests.twin.nodes import (
     GPU,
     UnknownInstanceType,
@@ -28,6 +29,7 @@ from tests.twin.nodes import (
     role_of,
 )
 from tests.twin.scheduler import Placement, place, pod_requests, unschedulable_condition
+from tests.twin.store import Store
 from tests.unit.test_kube_job_template import TYPICAL, render
 
 UNIFIED, DEDICATED_TRAINING, DEDICATED_INFERENCE = (load_all(p)[0] for p in CLUSTER_CONFIGS)
@@ -283,6 +285,27 @@ def test_without_the_documented_device_plugin_the_dedicated_training_pod_stays_p
     [launch] = karpenter.provision([pod], [TRAIN_POOL], nodes, bare)
     assert launch.node is not None and GPU not in launch.node["status"]["allocatable"]
     assert "Insufficient nvidia.com/gpu" in place(pod, [*nodes, launch.node], {}).message
+
+
+def test_the_twins_controllers_give_karpenters_new_nodes_the_gpus_of_a_stored_device_plugin() -> None:
+    def run(daemonsets: list[dict[str, Any]]) -> dict[str, Any]:
+        store = Store()
+        for item in nodes_from_infra(DEDICATED_TRAINING):
+            store.put("nodes", item)
+        store.put("nodepools", TRAIN_POOL)
+        for daemonset in daemonsets:
+            store.put("daemonsets", daemonset)
+        store.put("pods", training_pod())
+        ControllerManager(store).settle()
+        pod = store.get("pods", "shipyard", "train-0")
+        assert pod is not None
+        return pod
+
+    node_name = run(applied(DEDICATED_TRAINING))["spec"].get("nodeName")
+    assert node_name is not None and node_name not in {n["metadata"]["name"] for n in
+                                                       nodes_from_infra(DEDICATED_TRAINING)}
+    pending = run([])  # no plugin: Karpenter's node comes up, its GPUs are never advertised
+    assert "Insufficient nvidia.com/gpu" in pending["status"]["conditions"][0]["message"]
 
 
 def test_the_applied_device_plugin_runs_on_gpu_nodes_only() -> None:
